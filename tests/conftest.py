@@ -1,0 +1,78 @@
+"""Shared fixtures: where the real services are, and whether a test may skip them.
+
+RabbitMQ and PostgreSQL tests skip when the service is not reachable, unless
+``CELLPLANE_REQUIRE_SERVICES=1`` (set by ``.ci/run``): then they must run.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+RABBITMQ_URL = os.environ.get("CELLPLANE_TEST_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672//")
+POSTGRES_URL = os.environ.get(
+    "CELLPLANE_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+)
+REQUIRE_SERVICES = os.environ.get("CELLPLANE_REQUIRE_SERVICES") == "1"
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _need(name: str, host: str, port: int) -> None:
+    if _reachable(host, port):
+        return
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{name} is required (CELLPLANE_REQUIRE_SERVICES=1) but {host}:{port} is down")
+    pytest.skip(f"{name} not reachable on {host}:{port}")
+
+
+@pytest.fixture
+def rabbitmq_url() -> str:
+    """The RabbitMQ URL; skips (or fails under CELLPLANE_REQUIRE_SERVICES=1) when down."""
+    _need("RabbitMQ", "127.0.0.1", 5672)
+    return RABBITMQ_URL
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL URL with an empty private schema for this test."""
+    _need("PostgreSQL", "127.0.0.1", 5432)
+    import uuid
+
+    import sqlalchemy as sa
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["memory", "rabbitmq"])
+def transport_url(request: pytest.FixtureRequest) -> str:
+    """Each AMQP test runs twice: on kombu ``memory://`` and on RabbitMQ."""
+    if request.param == "memory":
+        return "memory://"
+    _need("RabbitMQ", "127.0.0.1", 5672)
+    return RABBITMQ_URL
+
+
+def uuid_hex() -> str:
+    """A short random name, for queues and virtual hosts private to one test."""
+    import uuid
+
+    return uuid.uuid4().hex[:12]
