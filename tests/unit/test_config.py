@@ -1,0 +1,79 @@
+"""The config loader: file, environment, and refusals that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cellplane.config import load_config
+from cellplane.errors import ConfigError
+
+GOOD = """
+[cell]
+name = "eu-west"
+listen = "127.0.0.1:50061"
+database_url = "sqlite:///eu.db"
+roles = ["cells", "compute"]
+capabilities = "hypervisor=kvm;xen,arch=x86_64"
+
+[links]
+mute_interval = 30
+
+[[parents]]
+name = "api"
+address = "127.0.0.1:50051"
+
+[[children]]
+name = "eu-west-a"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cell.toml"
+    path.write_text(text)
+    return path
+
+
+def test_file_is_loaded_into_frozen_values(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD), env={})
+    assert cfg.name == "eu-west"
+    assert cfg.roles == ("cells", "compute")
+    assert cfg.capabilities == (("arch", ("x86_64",)), ("hypervisor", ("kvm", "xen")))
+    assert cfg.mute_interval == 30.0
+    assert [p.name for p in cfg.parents] == ["api"]
+    assert [c.name for c in cfg.children] == ["eu-west-a"]
+    with pytest.raises(AttributeError):
+        cfg.name = "other"  # type: ignore[misc]
+
+
+def test_environment_wins_over_the_file(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(tmp_path, GOOD),
+        env={"CELLPLANE_LISTEN": "0.0.0.0:6000", "CELLPLANE_ROLES": "cells,api"},
+    )
+    assert cfg.listen == "0.0.0.0:6000"
+    assert cfg.roles == ("cells", "api")
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "key"),
+    [
+        (GOOD.replace('"eu-west"', '"EU!west"', 1), {}, "cell.name"),
+        (GOOD.replace('"127.0.0.1:50061"', '"nowhere"'), {}, "cell.listen"),
+        (GOOD.replace('["cells", "compute"]', '["cells", "bogus"]'), {}, "cell.roles"),
+        (GOOD.replace("mute_interval = 30", "mute_interval = -1"), {}, "links.mute_interval"),
+        (GOOD, {"CELLPLANE_MAX_HOPS": "many"}, "CELLPLANE_MAX_HOPS"),
+        (GOOD.replace('database_url = "sqlite:///eu.db"', ""), {}, "cell.database_url"),
+        (GOOD + "\n[cell2]\n", {}, "cell2"),
+        (GOOD.replace('name = "eu-west-a"', 'name = "eu-west"'), {}, "children"),
+        (GOOD + '\n[tls]\ncert = "missing.pem"\nkey = "k.pem"\n', {}, "tls.cert"),
+    ],
+)
+def test_invalid_config_is_refused_naming_the_key(
+    tmp_path: Path, text: str, env: dict[str, str], key: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), env=env)
+    assert info.value.key == key
+    assert key in str(info.value)
