@@ -1,0 +1,58 @@
+"""The alembic migrations build exactly the models' schema, on SQLite and PostgreSQL, both ways."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from cellplane.db import migrate
+from cellplane.db.engine import create_engine
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'cell.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+def _tables(url: str) -> set[str]:
+    engine = create_engine(url)
+    try:
+        return set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_matches_models_and_downgrade_removes_everything(database_url: str) -> None:
+    assert migrate.current(database_url) is None
+
+    migrate.upgrade(database_url)
+    assert migrate.current(database_url) == "0001"
+    assert migrate.check(database_url) == []
+    assert {"cells", "instances", "outbox", "link_cursors"} <= _tables(database_url)
+
+    migrate.downgrade(database_url)
+    assert migrate.current(database_url) is None
+    assert _tables(database_url) <= {"alembic_version"}
+
+    migrate.upgrade(database_url)
+    assert migrate.current(database_url) == "0001"
+    assert migrate.check(database_url) == []
+
+
+def test_check_reports_a_model_without_migration(database_url: str) -> None:
+    migrate.upgrade(database_url)
+    engine = create_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(sa.text("DROP INDEX ix_outbox_peer"))
+    finally:
+        engine.dispose()
+
+    differences = migrate.check(database_url)
+
+    assert [diff[0] for diff in differences] == ["add_index"]
