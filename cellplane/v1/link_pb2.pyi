@@ -286,7 +286,7 @@ class Response(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[CellResult, _Mapping]]] = ...) -> None: ...
 
 class CellResult(_message.Message):
-    __slots__ = ("cell_path", "status", "answered", "instance", "services", "digest", "echo", "build", "sync")
+    __slots__ = ("cell_path", "status", "answered", "instance", "services", "digest", "echo", "build", "sync", "node")
     CELL_PATH_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     ANSWERED_FIELD_NUMBER: _ClassVar[int]
@@ -296,6 +296,7 @@ class CellResult(_message.Message):
     ECHO_FIELD_NUMBER: _ClassVar[int]
     BUILD_FIELD_NUMBER: _ClassVar[int]
     SYNC_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
     cell_path: str
     status: _types_pb2.Status
     answered: bool
@@ -305,7 +306,8 @@ class CellResult(_message.Message):
     echo: Echo
     build: BuildAccepted
     sync: SyncResult
-    def __init__(self, cell_path: _Optional[str] = ..., status: _Optional[_Union[_types_pb2.Status, _Mapping]] = ..., answered: _Optional[bool] = ..., instance: _Optional[_Union[_types_pb2.Instance, _Mapping]] = ..., services: _Optional[_Union[ServiceList, _Mapping]] = ..., digest: _Optional[_Union[SyncDigest, _Mapping]] = ..., echo: _Optional[_Union[Echo, _Mapping]] = ..., build: _Optional[_Union[BuildAccepted, _Mapping]] = ..., sync: _Optional[_Union[SyncResult, _Mapping]] = ...) -> None: ...
+    node: _types_pb2.CellNode
+    def __init__(self, cell_path: _Optional[str] = ..., status: _Optional[_Union[_types_pb2.Status, _Mapping]] = ..., answered: _Optional[bool] = ..., instance: _Optional[_Union[_types_pb2.Instance, _Mapping]] = ..., services: _Optional[_Union[ServiceList, _Mapping]] = ..., digest: _Optional[_Union[SyncDigest, _Mapping]] = ..., echo: _Optional[_Union[Echo, _Mapping]] = ..., build: _Optional[_Union[BuildAccepted, _Mapping]] = ..., sync: _Optional[_Union[SyncResult, _Mapping]] = ..., node: _Optional[_Union[_types_pb2.CellNode, _Mapping]] = ...) -> None: ...
 
 class ServiceList(_message.Message):
     __slots__ = ("services",)

@@ -1,0 +1,1 @@
+"""Public gRPC servicers of a cell."""

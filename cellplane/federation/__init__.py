@@ -1,0 +1,1 @@
+"""Links between cells: the CellLink protocol, routing, reports and link security."""
