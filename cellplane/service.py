@@ -226,30 +226,27 @@ class Cell:
     # --- neighbours ----------------------------------------------------------------
 
     def _seed_neighbours(self) -> None:
-        """Configured neighbours are written to the DB once; the DB is then the truth."""
+        """Write the configured neighbours to the DB (the file wins for those it names);
+        neighbours added through the API stay there too. Then adopt all of them."""
         cfg = self.config
+        configured = [("parent", p.name, p.address, p.tls_identity) for p in cfg.parents]
+        configured += [("child", c.name, "", c.tls_identity) for c in cfg.children]
         with self.sessions.begin() as session:
             known = {row.name: row for row in session.scalars(select(CellRow))}
-            for parent in cfg.parents:
-                if parent.name not in known:
+            for relation, name, address, identity in configured:
+                row = known.get(name)
+                if row is None:
                     session.add(
                         CellRow(
-                            name=parent.name,
-                            relation="parent",
-                            address=parent.address,
-                            tls_identity=parent.tls_identity or None,
+                            name=name,
+                            relation=relation,
+                            address=address,
+                            tls_identity=identity or None,
                         )
                     )
-            for child in cfg.children:
-                if child.name not in known:
-                    session.add(
-                        CellRow(
-                            name=child.name,
-                            relation="child",
-                            address="",
-                            tls_identity=child.tls_identity or None,
-                        )
-                    )
+                else:
+                    row.relation, row.address = relation, address
+                    row.tls_identity = identity or row.tls_identity
         with self.sessions() as session:
             for row in session.scalars(select(CellRow)):
                 self._adopt(row)
