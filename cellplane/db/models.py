@@ -96,7 +96,6 @@ class Instance(Base):
     """
 
     __tablename__ = "instances"
-    __table_args__ = (sa.UniqueConstraint("project_id", "idempotency_key"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     uuid: Mapped[str] = mapped_column(sa.String(36), unique=True)
@@ -116,6 +115,7 @@ class Instance(Base):
     version: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     metadata_: Mapped[dict[str, str]] = mapped_column("metadata", sa.JSON, default=dict)
     idempotency_key: Mapped[str | None]
+    server_group: Mapped[str | None] = mapped_column(index=True)
     addresses: Mapped[list[dict[str, Any]]] = mapped_column(sa.JSON, default=list)
     launched_at: Mapped[datetime | None]
     terminated_at: Mapped[datetime | None]
@@ -286,6 +286,38 @@ class OutboxEntry(Base):
     instance_uuid: Mapped[str | None] = mapped_column(sa.String(36))
     version: Mapped[int | None] = mapped_column(sa.BigInteger)
     payload: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CreateRequest(Base):
+    """A create call with an idempotency key: a retry returns these instances."""
+
+    __tablename__ = "create_requests"
+    __table_args__ = (sa.UniqueConstraint("project_id", "idempotency_key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[str]
+    idempotency_key: Mapped[str]
+    request_id: Mapped[str] = mapped_column(sa.String(64))
+    instance_uuids: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class InstanceChange(Base):
+    """The API cell's change log: one row per applied instance change, in order.
+
+    ``revision`` is what WatchInstances resumes from.
+    """
+
+    __tablename__ = "instance_changes"
+
+    revision: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    instance_uuid: Mapped[str] = mapped_column(sa.String(36))
+    project_id: Mapped[str]
+    kind: Mapped[str] = mapped_column(sa.String(16))
+    version: Mapped[int] = mapped_column(sa.BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

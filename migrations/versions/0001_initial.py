@@ -86,6 +86,7 @@ def upgrade() -> None:
         sa.Column("version", sa.BigInteger(), nullable=False),
         _json("metadata"),
         _string("idempotency_key", nullable=True),
+        _string("server_group", nullable=True),
         _json("addresses"),
         _timestamp("launched_at", nullable=True),
         _timestamp("terminated_at", nullable=True),
@@ -94,11 +95,9 @@ def upgrade() -> None:
         _flag("deleted"),
         _timestamp("deleted_at", nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_instances")),
-        sa.UniqueConstraint(
-            "project_id", "idempotency_key", name=op.f("uq_instances_project_id_idempotency_key")
-        ),
         sa.UniqueConstraint("uuid", name=op.f("uq_instances_uuid")),
     )
+    op.create_index(op.f("ix_instances_server_group"), "instances", ["server_group"])
     op.create_index(op.f("ix_instances_cell_path"), "instances", ["cell_path"])
     op.create_index(op.f("ix_instances_deleted"), "instances", ["deleted"])
     op.create_index(op.f("ix_instances_project_id"), "instances", ["project_id"])
@@ -266,9 +265,44 @@ def upgrade() -> None:
     )
 
 
+    op.create_table(
+        "create_requests",
+        _id(),
+        _string("project_id"),
+        _string("idempotency_key"),
+        _string("request_id", 64),
+        _json("instance_uuids"),
+        _timestamp("created_at"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_create_requests")),
+        sa.UniqueConstraint(
+            "project_id",
+            "idempotency_key",
+            name=op.f("uq_create_requests_project_id_idempotency_key"),
+        ),
+    )
+
+    op.create_table(
+        "instance_changes",
+        sa.Column(
+            "revision",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        _string("instance_uuid", 36),
+        _string("project_id"),
+        _string("kind", 16),
+        sa.Column("version", sa.BigInteger(), nullable=False),
+        _timestamp("created_at"),
+        sa.PrimaryKeyConstraint("revision", name=op.f("pk_instance_changes")),
+    )
+
+
 def downgrade() -> None:
     # Children before parents; dropping a table drops its indexes.
     for table in (
+        "instance_changes",
+        "create_requests",
         "link_cursors",
         "outbox",
         "ip_allocations",

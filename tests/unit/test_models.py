@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cellplane.db import (
     Base,
+    CreateRequest,
     Instance,
     InstanceAction,
     InstanceActionEvent,
@@ -59,14 +60,16 @@ def test_file_database_runs_in_wal_mode_with_foreign_keys(engine: sa.Engine) -> 
 
 
 def test_idempotency_key_is_unique_within_a_project(sessions: sessionmaker[Session]) -> None:
+    def request(project_id: str, key: str) -> CreateRequest:
+        return CreateRequest(project_id=project_id, idempotency_key=key, request_id="r")
+
     with sessions.begin() as session:
-        session.add(_instance("a", "p1", idempotency_key="k"))
-        session.add(_instance("b", "p2", idempotency_key="k"))  # another project: fine
-        session.add(_instance("c", "p1"))
-        session.add(_instance("d", "p1"))  # no key: never a clash
+        session.add(request("p1", "k"))
+        session.add(request("p2", "k"))  # another project: fine
+        session.add(request("p1", "other"))
 
     with pytest.raises(IntegrityError), sessions.begin() as session:
-        session.add(_instance("e", "p1", idempotency_key="k"))
+        session.add(request("p1", "k"))
 
 
 def test_deleting_an_action_deletes_its_events(sessions: sessionmaker[Session]) -> None:
