@@ -76,6 +76,56 @@ class ChildConfig:
 
 
 @dataclass(frozen=True)
+class HostConfig:
+    """A (simulated) hypervisor host run by this cell's compute role."""
+
+    name: str
+    vcpus: int = 16
+    memory_mb: int = 65536
+    local_gb: int = 1000
+    availability_zone: str = "nova"
+    hypervisor_type: str = "kvm"
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    """The compute role: its hosts and how the fake driver behaves."""
+
+    hosts: tuple[HostConfig, ...] = ()
+    spawn_latency: float = 0.0
+    action_latency: float = 0.0
+    heartbeat_interval: float = 10.0
+    cpu_allocation_ratio: float = 16.0
+    ram_allocation_ratio: float = 1.5
+    disk_allocation_ratio: float = 1.0
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Cell and host scheduling."""
+
+    retries: int = 3
+    service_down_time: float = 60.0
+    ram_weight_multiplier: float = 1.0  # > 0 spreads, < 0 packs
+    build_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """The network role's fixed-IP pools: name -> CIDR."""
+
+    pools: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """The public API: bearer tokens and who they are."""
+
+    # token -> (project_id, role) with role "admin" or "member"
+    tokens: tuple[tuple[str, tuple[str, str]], ...] = ()
+
+
+@dataclass(frozen=True)
 class CellConfig:
     """Everything one cell process needs to know at start."""
 
@@ -94,6 +144,10 @@ class CellConfig:
     response_timeout: float = DEFAULT_RESPONSE_TIMEOUT
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     tls: TlsConfig | None = None
+    compute: ComputeConfig = ComputeConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    network: NetworkConfig = NetworkConfig()
+    api: ApiConfig = ApiConfig()
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def with_roles(self, roles: tuple[str, ...]) -> CellConfig:
@@ -192,7 +246,18 @@ _SCALARS: dict[tuple[str, str], Callable[[str, object], Any]] = {
     ("links", "response_timeout"): _positive(float),
     ("links", "max_message_bytes"): _positive(int),
 }
-_KNOWN_TABLES = {"cell", "links", "parents", "children", "tls", "extra"}
+_KNOWN_TABLES = {
+    "cell",
+    "links",
+    "parents",
+    "children",
+    "tls",
+    "compute",
+    "scheduler",
+    "network",
+    "api",
+    "extra",
+}
 
 
 def load_config(
@@ -246,6 +311,10 @@ def load_config(
         parents=parents,
         children=children,
         tls=tls,
+        compute=_compute(raw.get("compute", {})),
+        scheduler=_scheduler(raw.get("scheduler", {})),
+        network=_network(raw.get("network", {})),
+        api=_api(raw.get("api", {})),
         extra=dict(raw.get("extra", {})),
         **values,
     )
@@ -283,3 +352,123 @@ def _tls(section: Mapping[str, Any], base: Path) -> TlsConfig:
     cert, key = file("cert", True), file("key", True)
     assert cert is not None and key is not None
     return TlsConfig(cert=cert, key=key, ca=file("ca", False))
+
+
+def _table(name: str, section: object, known: set[str]) -> Mapping[str, Any]:
+    if not isinstance(section, Mapping):
+        raise ConfigError(name, "expected a table")
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise ConfigError(f"{name}.{unknown[0]}", f"unknown key; known: {sorted(known)}")
+    return section
+
+
+def _compute(section: object) -> ComputeConfig:
+    floats = {
+        "spawn_latency",
+        "action_latency",
+        "heartbeat_interval",
+        "cpu_allocation_ratio",
+        "ram_allocation_ratio",
+        "disk_allocation_ratio",
+    }
+    table = _table("compute", section, floats | {"hosts", "host_count", "host"})
+    values: dict[str, Any] = {}
+    for key in floats & set(table):
+        parse = _positive(float) if key != "spawn_latency" and key != "action_latency" else _latency
+        values[key] = parse(f"compute.{key}", table[key])
+    hosts = [_host(f"compute.hosts[{i}]", h) for i, h in enumerate(table.get("hosts", []))]
+    if "host_count" in table:
+        count = _positive(int)("compute.host_count", table["host_count"])
+        template = _host("compute.host", {"name": "host", **table.get("host", {})})
+        hosts += [replace(template, name=f"{template.name}{i + 1}") for i in range(count)]
+    names = [h.name for h in hosts]
+    if len(set(names)) != len(names):
+        raise ConfigError("compute.hosts", f"duplicate host names in {names}")
+    return ComputeConfig(hosts=tuple(hosts), **values)
+
+
+def _latency(key: str, raw: object) -> float:
+    try:
+        value = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"{raw!r} is not a number") from None
+    if value < 0:
+        raise ConfigError(key, f"must be >= 0, got {value}")
+    return value
+
+
+def _host(key: str, raw: object) -> HostConfig:
+    table = _table(
+        key, raw, {"name", "vcpus", "memory_mb", "local_gb", "availability_zone", "hypervisor_type"}
+    )
+    name = table.get("name")
+    if not isinstance(name, str) or not CELL_NAME.match(name):
+        raise ConfigError(f"{key}.name", f"{name!r} is not a valid host name")
+    ints = {
+        k: _positive(int)(f"{key}.{k}", table[k])
+        for k in ("vcpus", "memory_mb", "local_gb")
+        if k in table
+    }
+    texts = {
+        k: _text(f"{key}.{k}", table[k])
+        for k in ("availability_zone", "hypervisor_type")
+        if k in table
+    }
+    return HostConfig(name=name, **ints, **texts)
+
+
+def _scheduler(section: object) -> SchedulerConfig:
+    table = _table(
+        "scheduler",
+        section,
+        {"retries", "service_down_time", "ram_weight_multiplier", "build_timeout"},
+    )
+    values: dict[str, Any] = {}
+    if "retries" in table:
+        retries = table["retries"]
+        if not isinstance(retries, int) or retries < 0:
+            raise ConfigError("scheduler.retries", f"must be an integer >= 0, got {retries!r}")
+        values["retries"] = retries
+    for key in ("service_down_time", "build_timeout"):
+        if key in table:
+            values[key] = _positive(float)(f"scheduler.{key}", table[key])
+    if "ram_weight_multiplier" in table:
+        try:
+            values["ram_weight_multiplier"] = float(table["ram_weight_multiplier"])
+        except (TypeError, ValueError):
+            raise ConfigError("scheduler.ram_weight_multiplier", "is not a number") from None
+    return SchedulerConfig(**values)
+
+
+def _network(section: object) -> NetworkConfig:
+    import ipaddress
+
+    table = _table("network", section, {"pools"})
+    pools = table.get("pools", {})
+    if not isinstance(pools, Mapping):
+        raise ConfigError("network.pools", "expected a table of name = CIDR")
+    checked = []
+    for name, cidr in pools.items():
+        try:
+            ipaddress.ip_network(str(cidr), strict=True)
+        except ValueError as exc:
+            raise ConfigError(f"network.pools.{name}", f"{cidr!r} is not a CIDR: {exc}") from None
+        checked.append((str(name), str(cidr)))
+    return NetworkConfig(pools=tuple(checked))
+
+
+def _api(section: object) -> ApiConfig:
+    table = _table("api", section, {"tokens"})
+    tokens = table.get("tokens", {})
+    if not isinstance(tokens, Mapping):
+        raise ConfigError("api.tokens", 'expected a table of token = "project:role"')
+    parsed = []
+    for token, who in tokens.items():
+        project, sep, role = str(who).partition(":")
+        if not sep or not project or role not in {"admin", "member"}:
+            raise ConfigError(
+                f"api.tokens.{token}", f'expected "project:admin|member", got {who!r}'
+            )
+        parsed.append((str(token), (project, role)))
+    return ApiConfig(tokens=tuple(parsed))

@@ -77,3 +77,43 @@ def test_invalid_config_is_refused_naming_the_key(
         load_config(write(tmp_path, text), env=env)
     assert info.value.key == key
     assert key in str(info.value)
+
+
+def test_compute_scheduler_network_and_api_tables(tmp_path: Path) -> None:
+    text = GOOD + """
+[compute]
+spawn_latency = 0.01
+host_count = 3
+host = { name = "eu-h", memory_mb = 8192 }
+
+[scheduler]
+retries = 2
+
+[network]
+pools = { private = "10.1.0.0/24" }
+
+[api]
+tokens = { s3cret = "demo:member" }
+"""
+    cfg = load_config(write(tmp_path, text), env={})
+    assert [h.name for h in cfg.compute.hosts] == ["eu-h1", "eu-h2", "eu-h3"]
+    assert cfg.compute.hosts[0].memory_mb == 8192
+    assert cfg.scheduler.retries == 2
+    assert cfg.network.pools == (("private", "10.1.0.0/24"),)
+    assert cfg.api.tokens == (("s3cret", ("demo", "member")),)
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ('[network]\npools = { private = "10.1.0.1/24" }\n', "network.pools.private"),
+        ('[api]\ntokens = { t = "demo:root" }\n', "api.tokens.t"),
+        ("[compute]\nhost_count = 0\n", "compute.host_count"),
+        ("[scheduler]\nretries = -1\n", "scheduler.retries"),
+        ("[compute]\nbogus = 1\n", "compute.bogus"),
+    ],
+)
+def test_invalid_role_tables_are_refused(tmp_path: Path, extra: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, GOOD + "\n" + extra), env={})
+    assert info.value.key == key
