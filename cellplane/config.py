@@ -405,17 +405,15 @@ def _host(key: str, raw: object) -> HostConfig:
     name = table.get("name")
     if not isinstance(name, str) or not CELL_NAME.match(name):
         raise ConfigError(f"{key}.name", f"{name!r} is not a valid host name")
-    ints = {
+    values: dict[str, Any] = {
         k: _positive(int)(f"{key}.{k}", table[k])
         for k in ("vcpus", "memory_mb", "local_gb")
         if k in table
     }
-    texts = {
-        k: _text(f"{key}.{k}", table[k])
-        for k in ("availability_zone", "hypervisor_type")
-        if k in table
-    }
-    return HostConfig(name=name, **ints, **texts)
+    for k in ("availability_zone", "hypervisor_type"):
+        if k in table:
+            values[k] = _text(f"{key}.{k}", table[k])
+    return HostConfig(name=name, **values)
 
 
 def _scheduler(section: object) -> SchedulerConfig:
