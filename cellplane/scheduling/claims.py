@@ -1,0 +1,201 @@
+"""Resource claims on compute nodes, and the host scheduler that makes them.
+
+A claim is one conditional UPDATE: the usage grows only if the result still
+fits under ``total * allocation_ratio``, checked by the database in the same
+statement. Two builds racing for the last room, in any number of processes
+or connections, cannot both win: the loser's UPDATE matches no row. That is
+what lets the host scheduler filter on a snapshot and still never over-commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
+
+from cellplane.config import SchedulerConfig
+from cellplane.db.models import ComputeNode
+from cellplane.errors import NoValidHost
+from cellplane.scheduling.framework import Filter, Weigher, select_or_raise
+from cellplane.scheduling.hosts import (
+    HostCandidate,
+    default_host_filters,
+    default_host_weighers,
+    load_hosts,
+    with_pending,
+)
+from cellplane.scheduling.spec import FlavorSpec, RequestSpec
+
+# Rounds of load-select-claim for one instance before giving up on a busy cell.
+MAX_CLAIM_ROUNDS = 3
+
+_Column = InstrumentedAttribute[int]
+
+
+def _minus(column: _Column, amount: int) -> Any:
+    """``column - amount``, floored at 0 (usage never goes negative)."""
+    return sa.case((column - amount < 0, 0), else_=column - amount)
+
+
+def _execute(session: Session, stmt: sa.Update) -> bool:
+    result = session.connection().execute(stmt)
+    return result.rowcount == 1
+
+
+def claim(session: Session, host: str, flavor: FlavorSpec) -> bool:
+    """Take ``flavor``'s resources on ``host`` if they still fit; False if not (or no host).
+
+    The caller commits; the check and the update are one statement.
+    """
+    node = ComputeNode
+    stmt = (
+        sa.update(node)
+        .where(
+            node.host == host,
+            node.memory_mb_used + flavor.memory_mb <= node.memory_mb * node.ram_allocation_ratio,
+            node.local_gb_used + flavor.disk_gb <= node.local_gb * node.disk_allocation_ratio,
+            node.vcpus_used + flavor.vcpus <= node.vcpus * node.cpu_allocation_ratio,
+        )
+        .values(
+            vcpus_used=node.vcpus_used + flavor.vcpus,
+            memory_mb_used=node.memory_mb_used + flavor.memory_mb,
+            local_gb_used=node.local_gb_used + flavor.disk_gb,
+            running_vms=node.running_vms + 1,
+        )
+    )
+    return _execute(session, stmt)
+
+
+def release(session: Session, host: str, flavor: FlavorSpec) -> None:
+    """Give back what a claim of ``flavor`` took on ``host`` (never below zero)."""
+    node = ComputeNode
+    session.connection().execute(
+        sa.update(node)
+        .where(node.host == host)
+        .values(
+            vcpus_used=_minus(node.vcpus_used, flavor.vcpus),
+            memory_mb_used=_minus(node.memory_mb_used, flavor.memory_mb),
+            local_gb_used=_minus(node.local_gb_used, flavor.disk_gb),
+            running_vms=_minus(node.running_vms, 1),
+        )
+    )
+
+
+def resize_claim(
+    session: Session, host: str, old_flavor: FlavorSpec, new_flavor: FlavorSpec
+) -> bool:
+    """Move ``host``'s usage from ``old_flavor`` to ``new_flavor``.
+
+    Only growth is checked against the limits: shrinking always succeeds.
+    """
+    node = ComputeNode
+    resources: list[tuple[_Column, int, Any]] = [
+        (
+            node.vcpus_used,
+            new_flavor.vcpus - old_flavor.vcpus,
+            node.vcpus * node.cpu_allocation_ratio,
+        ),
+        (
+            node.memory_mb_used,
+            new_flavor.memory_mb - old_flavor.memory_mb,
+            node.memory_mb * node.ram_allocation_ratio,
+        ),
+        (
+            node.local_gb_used,
+            new_flavor.disk_gb - old_flavor.disk_gb,
+            node.local_gb * node.disk_allocation_ratio,
+        ),
+    ]
+    conditions: list[Any] = [node.host == host]
+    values: dict[str, Any] = {}
+    for column, delta, limit in resources:
+        if delta > 0:
+            conditions.append(column + delta <= limit)
+            values[column.key] = column + delta
+        elif delta < 0:
+            values[column.key] = _minus(column, -delta)
+    if not values:  # same size: nothing to take, but the host must exist
+        values["running_vms"] = node.running_vms
+    return _execute(session, sa.update(node).where(*conditions).values(**values))
+
+
+class HostScheduler:
+    """Chooses hosts of this cell and claims them, one instance at a time.
+
+    Each claim is committed in its own short transaction. After every claim
+    the candidates are read again, so the weighers see the new usage (spread
+    really spreads) and a claim lost to a concurrent build moves on to the
+    next best host.
+    """
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        config: SchedulerConfig,
+        *,
+        filters: Sequence[Filter[HostCandidate]] | None = None,
+        weighers: Sequence[Weigher[HostCandidate]] | None = None,
+        log: Any = None,
+    ) -> None:
+        self.sessions = sessions
+        self.config = config
+        self.filters = list(filters) if filters is not None else default_host_filters()
+        self.weighers = (
+            list(weighers)
+            if weighers is not None
+            else default_host_weighers(config.ram_weight_multiplier)
+        )
+        self.log = log or structlog.get_logger()
+
+    def candidates(self, spec: RequestSpec) -> list[HostCandidate]:
+        """The hosts of this cell as they are now."""
+        with self.sessions() as session:
+            return load_hosts(session, spec, self.config.service_down_time)
+
+    def place(self, spec: RequestSpec, count: int | None = None) -> list[str]:
+        """Claim a host for each of ``count`` instances (default ``spec.num_instances``).
+
+        Returns the hosts in instance order (a host may repeat). Raises
+        NoValidHost, naming the filter that left nothing, when fewer than
+        ``count`` fit; the claims already made are released first.
+        """
+        count = spec.num_instances if count is None else count
+        placed: list[str] = []
+        try:
+            for index in range(count):
+                try:
+                    placed.append(self._place_one(spec, placed))
+                except NoValidHost as exc:
+                    raise NoValidHost(
+                        f"{exc.message} (placing instance {index + 1} of {count})"
+                    ) from exc
+        except BaseException:
+            self.release_all(spec.flavor, placed)
+            raise
+        return placed
+
+    def release_all(self, flavor: FlavorSpec, hosts: Iterable[str]) -> None:
+        """Release one claim of ``flavor`` per entry of ``hosts``."""
+        for host in hosts:
+            with self.sessions.begin() as session:
+                release(session, host, flavor)
+            self.log.info("host_claim_released", host=host, flavor=flavor.flavor_id)
+
+    def _place_one(self, spec: RequestSpec, placed: list[str]) -> str:
+        for _ in range(MAX_CLAIM_ROUNDS):
+            candidates = with_pending(self.candidates(spec), spec, placed)
+            weighed = select_or_raise(candidates, spec, self.filters, self.weighers, log=self.log)
+            for choice in weighed:
+                host = choice.candidate.host
+                with self.sessions.begin() as session:
+                    won = claim(session, host, spec.flavor)
+                if won:
+                    self.log.info("host_claimed", host=host, flavor=spec.flavor.flavor_id)
+                    return host
+                self.log.info("host_claim_lost", host=host, flavor=spec.flavor.flavor_id)
+        raise NoValidHost(
+            f"no valid host: claims lost to concurrent builds {MAX_CLAIM_ROUNDS} rounds in a row"
+        )

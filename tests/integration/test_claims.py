@@ -1,0 +1,161 @@
+"""Concurrent builds never over-commit a host, on SQLite and PostgreSQL; the
+scheduler role answers over local RPC."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from cellplane.amqp import RpcClient, connect
+from cellplane.config import SchedulerConfig
+from cellplane.db import ComputeNode, Service, create_engine, make_session_factory, upgrade, utcnow
+from cellplane.errors import Code, InvalidArgument, NoValidHost, ResourceExhausted
+from cellplane.scheduling.claims import HostScheduler, claim
+from cellplane.scheduling.rpc import SchedulerClient, scheduler_server
+from cellplane.scheduling.spec import FlavorSpec, RequestSpec
+
+THREADS = 8
+ATTEMPTS = 20
+FLAVOR = FlavorSpec("small", vcpus=1, memory_mb=512, root_gb=1)
+# 2048 MB x 1.5 = 3072 MB: six of FLAVOR; 1024 MB x 1.5: three.
+HOSTS = {"big": 2048, "small": 1024}
+FITS = {"big": 6, "small": 3}
+
+
+def migrated_cell(url: str) -> tuple[sa.Engine, sessionmaker[Session]]:
+    """A migrated cell database at ``url`` with two small compute hosts."""
+    upgrade(url)
+    engine = create_engine(url)
+    factory = make_session_factory(engine)
+    with factory.begin() as s:
+        for name, memory in HOSTS.items():
+            s.add(
+                ComputeNode(
+                    host=name,
+                    hypervisor_type="kvm",
+                    availability_zone="nova",
+                    vcpus=4,
+                    memory_mb=memory,
+                    local_gb=100,
+                    ram_allocation_ratio=1.5,
+                    cpu_allocation_ratio=16.0,
+                    disk_allocation_ratio=1.0,
+                )
+            )
+            s.add(Service(host=name, role="compute", last_heartbeat=utcnow()))
+    return engine, factory
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    """The cell database on a SQLite file, then on PostgreSQL."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'cell.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    engine, factory = migrated_cell(url)
+    yield factory
+    engine.dispose()
+
+
+def race(work: Callable[[], bool]) -> int:
+    """Run ``work`` ATTEMPTS times in each of THREADS threads at once; count the wins."""
+    start = threading.Barrier(THREADS)
+    wins: list[int] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            start.wait()
+            wins.append(sum(work() for _ in range(ATTEMPTS)))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    return sum(wins)
+
+
+def usage(sessions: sessionmaker[Session]) -> dict[str, ComputeNode]:
+    with sessions() as s:
+        return {n.host: n for n in s.scalars(sa.select(ComputeNode))}
+
+
+def assert_within_limits(nodes: dict[str, ComputeNode]) -> None:
+    for n in nodes.values():
+        assert n.memory_mb_used <= n.memory_mb * n.ram_allocation_ratio
+        assert n.vcpus_used <= n.vcpus * n.cpu_allocation_ratio
+        assert n.local_gb_used <= n.local_gb * n.disk_allocation_ratio
+        assert n.memory_mb_used == n.running_vms * FLAVOR.memory_mb
+
+
+def test_concurrent_claims_on_one_host_never_over_commit(
+    sessions: sessionmaker[Session],
+) -> None:
+    def attempt() -> bool:
+        with sessions.begin() as s:
+            return claim(s, "big", FLAVOR)
+
+    assert race(attempt) == FITS["big"]
+    nodes = usage(sessions)
+    assert_within_limits(nodes)
+    assert nodes["big"].running_vms == FITS["big"]
+
+
+def test_concurrent_place_fills_the_cell_exactly(sessions: sessionmaker[Session]) -> None:
+    scheduler = HostScheduler(sessions, SchedulerConfig())
+    refused: list[str] = []
+
+    def attempt() -> bool:
+        try:
+            scheduler.place(RequestSpec(flavor=FLAVOR), 1)
+        except NoValidHost as exc:
+            refused.append(exc.message)
+            return False
+        return True
+
+    assert race(attempt) == sum(FITS.values())
+    nodes = usage(sessions)
+    assert_within_limits(nodes)
+    assert {h: n.running_vms for h, n in nodes.items()} == FITS
+    assert len(refused) == THREADS * ATTEMPTS - sum(FITS.values())
+    assert all("RamFilter" in m or "lost to concurrent builds" in m for m in refused)
+
+
+@pytest.fixture
+def topic() -> Iterator[str]:
+    name = f"scheduler_{uuid.uuid4().hex[:12]}"
+    yield name
+    with connect("memory://") as conn:
+        conn.default_channel.queue_delete(name)
+
+
+def test_scheduler_endpoint_over_amqp(tmp_path: Path, topic: str) -> None:
+    engine, sessions = migrated_cell(f"sqlite:///{tmp_path / 'cell.db'}")
+    scheduler = HostScheduler(sessions, SchedulerConfig())
+    try:
+        with (
+            scheduler_server("memory://", scheduler, topic=topic),
+            RpcClient("memory://") as rpc,
+        ):
+            client = SchedulerClient(rpc, topic=topic, timeout=10)
+            assert client.select_and_claim(RequestSpec(flavor=FLAVOR), 3) == ["big"] * 3
+            huge = RequestSpec(flavor=FlavorSpec("huge", 1, 99999, 1))
+            with pytest.raises(ResourceExhausted, match="RamFilter") as caught:
+                client.select_and_claim(huge, 1)
+            assert caught.value.code == Code.RESOURCE_EXHAUSTED
+            with pytest.raises(InvalidArgument, match="flavor is required"):
+                rpc.call(topic, "select_and_claim", timeout=10, spec={"x": 1}, count=1)
+        assert {h: n.running_vms for h, n in usage(sessions).items()} == {"big": 3, "small": 0}
+    finally:
+        engine.dispose()
