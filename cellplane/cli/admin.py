@@ -9,6 +9,9 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cellplane.cli.tables import table
+from cellplane.config import TlsConfig
+from cellplane.errors import InvalidArgument
+from cellplane.federation import security
 from cellplane.v1 import cells_pb2, cells_pb2_grpc, types_pb2
 
 RELATIONS = {"parent": types_pb2.CELL_RELATION_PARENT, "child": types_pb2.CELL_RELATION_CHILD}
@@ -51,9 +54,31 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     sub.add_parser("tree", help="the tree below a cell, with link state and capacity")
 
 
+def open_channel(opts: argparse.Namespace) -> grpc.Channel:
+    """A channel to ``opts.server``: plaintext, or TLS when ``--ca`` or ``--cert`` is given.
+
+    ``--cert``/``--key`` present a client certificate (a server with a CA configured
+    requires one); ``--ca`` verifies the server (the system roots when it is absent).
+    """
+    ca, cert, key = (getattr(opts, name, None) for name in ("ca", "cert", "key"))
+    if ca is None and cert is None and key is None:
+        return grpc.insecure_channel(opts.server)
+    if (cert is None) != (key is None):
+        raise InvalidArgument("--cert and --key go together")
+    for path in (ca, cert, key):
+        if path is not None and not path.is_file():
+            raise InvalidArgument(f"{path} is not a file")
+    if cert is not None and key is not None:
+        credentials = security.channel_credentials(TlsConfig(cert=cert, key=key, ca=ca))
+    else:
+        roots = ca.read_bytes() if ca is not None else None
+        credentials = grpc.ssl_channel_credentials(root_certificates=roots)
+    return grpc.secure_channel(opts.server, credentials)
+
+
 def run(opts: argparse.Namespace) -> int:
     """Run a ``cells`` or ``tree`` command against ``opts.server``."""
-    with grpc.insecure_channel(opts.server) as channel:
+    with open_channel(opts) as channel:
         stub = cells_pb2_grpc.CellsServiceStub(channel)
         if opts.command == "tree":
             tree = stub.GetTree(cells_pb2.GetTreeRequest(), timeout=opts.timeout)

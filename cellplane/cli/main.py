@@ -25,6 +25,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--server", default=DEFAULT_SERVER, help="address of a cell's gRPC server")
     parser.add_argument("--timeout", type=float, default=15.0, help="seconds per request")
+    parser.add_argument(
+        "--ca", type=Path, help="CA certificate (PEM) to verify the server with: talk TLS"
+    )
+    parser.add_argument(
+        "--cert", type=Path, help="client certificate (PEM) for a server that requires mTLS"
+    )
+    parser.add_argument("--key", type=Path, help="private key (PEM) of --cert")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run one cell, or with no --config the demo federation")
