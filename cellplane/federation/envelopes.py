@@ -84,7 +84,8 @@ def response_to(
         direction=flip(request.direction),
         routing_path=origin,
         target_path=paths.SEP.join(reversed(back)),
-        max_hops=request.max_hops,
+        # Enough hops to walk back, even for the answer to a request that ran out of them.
+        max_hops=max(request.max_hops, len(back)),
         deadline_ms=request.deadline_ms,
         trace_id=request.trace_id,
         response_to=request.id,

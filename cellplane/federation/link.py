@@ -148,6 +148,8 @@ class LinkServicer(link_pb2_grpc.CellLinkServicer):
     def __init__(self, endpoint: LinkEndpoint) -> None:
         self.endpoint = endpoint
         self._sessions: dict[str, asyncio.Task[None]] = {}
+        # Sessions this side ended on purpose: they end the stream with a status.
+        self._closing: set[asyncio.Task[Any]] = set()
 
     async def Connect(
         self,
@@ -163,12 +165,19 @@ class LinkServicer(link_pb2_grpc.CellLinkServicer):
             return
         previous = self._sessions.get(channel.peer)
         if previous is not None:
+            self._closing.add(previous)
             previous.cancel()
         await context.write(link_pb2.ConnectResponse(hello=ep.hello(channel)))
 
         async def read() -> link_pb2.ConnectRequest | None:
             frame = await context.read()
-            return None if frame is _EOF else frame
+            if frame is _EOF:
+                return None
+            if frame.WhichOneof("frame") != "batch":
+                raise _LinkRefused(
+                    grpc.StatusCode.INVALID_ARGUMENT, "only batches may follow the Hello"
+                )
+            return frame
 
         async def write(batch: link_pb2.EnvelopeBatch) -> None:
             await context.write(link_pb2.ConnectResponse(batch=batch))
@@ -178,7 +187,19 @@ class LinkServicer(link_pb2_grpc.CellLinkServicer):
         self._sessions[channel.peer] = task
         try:
             await ep.run(channel, hello, read, write)
+        except _LinkRefused as exc:
+            ep.log.warning("link_protocol_violation", peer=channel.peer, reason=exc.message)
+            await context.abort(exc.code, exc.message)
+        except asyncio.CancelledError:
+            if task not in self._closing:
+                raise
+            # gRPC takes a cancelled handler for a client that went away and never
+            # ends the stream: end it, so the child sees its link closed.
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"{ep.name} closed the link to {channel.peer}"
+            )
         finally:
+            self._closing.discard(task)
             if self._sessions.get(channel.peer) is task:
                 del self._sessions[channel.peer]
 
@@ -216,6 +237,7 @@ class LinkServicer(link_pb2_grpc.CellLinkServicer):
         """End the stream of child ``peer``, if one is open."""
         task = self._sessions.pop(peer, None)
         if task is not None:
+            self._closing.add(task)
             task.cancel()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
@@ -30,6 +31,15 @@ from cellplane.v1 import link_pb2
 
 Envelope = link_pb2.Envelope
 CellResult = link_pb2.CellResult
+
+# A broadcast keeps its id on every hop, so a cell reached by two routes (a cell
+# with two parents) handles it once; this many broadcast ids are remembered.
+RECENT_BROADCASTS = 65536
+# Each hop of a broadcast gives its neighbours this share of its remaining time
+# (at most MAX_HOP_MARGIN seconds less), so that their merged answers arrive
+# before it stops waiting instead of a whole subtree timing out with them.
+HOP_MARGIN = 0.2
+MAX_HOP_MARGIN = 1.0
 
 
 class Router:
@@ -54,6 +64,7 @@ class Router:
         self._tasks: set[asyncio.Task[None]] = set()
         self.log = log or structlog.get_logger().bind(cell=name)
         self.rejected = 0
+        self._broadcasts_seen: OrderedDict[str, None] = OrderedDict()
 
     # --- originating ---------------------------------------------------------------
 
@@ -112,12 +123,14 @@ class Router:
         env = self._new(envelopes.BROADCAST, direction, "", True, timeout)
         env.run_locally = run_locally
         _set_payload(env, payload)
+        self._first_sight(env.id)
         return await self._broadcast_here(env, run_locally)
 
     def broadcast_nowait(self, direction: envelopes.Dir, **payload: Any) -> None:
         """Send to every cell up or down, expecting no answer."""
         env = self._new(envelopes.BROADCAST, direction, "", False)
         _set_payload(env, payload)
+        self._first_sight(env.id)
         for channel in self._next_channels(direction):
             self._forward(env, channel, copy=True)
 
@@ -139,6 +152,7 @@ class Router:
                 continue
             env.routing_path = env.routing_path + paths.SEP + self.name
             if env.hop_count >= env.max_hops:
+                self.rejected += 1
                 self._fail_back(
                     env, Code.INVALID_ARGUMENT, f"hop limit {env.max_hops} exceeded at {self.name}"
                 )
@@ -148,6 +162,11 @@ class Router:
                 self._route_response(env)
             elif kind == envelopes.TARGETED:
                 self._route_targeted(env, work)
+            elif not self._first_sight(env.id):
+                # Already reached this cell by another route, and handled and
+                # answered there: say nothing more than an empty answer.
+                if env.need_response:
+                    self._reply(env, [], one_hop=True)
             else:
                 self._spawn(self._broadcast_hop(env, channel, work))
 
@@ -208,7 +227,9 @@ class Router:
             self.log.warning("response_unroutable", envelope=env.id, reason=str(exc))
             return
         if hop is None:
-            waiter = self._pending.pop(env.response_to, None)
+            waiter = self._pending.pop(env.response_to, None) or self._pending.pop(
+                _reply_key(env.response_to, paths.hops(env.routing_path)[0]), None
+            )
             if waiter is not None and not waiter.done():
                 waiter.set_result(env.response)
             else:
@@ -240,7 +261,9 @@ class Router:
         if env.kind == envelopes.RESPONSE:
             return
         result = envelopes.failed(env.routing_path, code, message)
-        reply = envelopes.response_to(env, [result], origin=self.name, one_hop=False)
+        # A broadcast is answered to the hop that waits for it, a targeted one to its origin.
+        one_hop = env.kind == envelopes.BROADCAST
+        reply = envelopes.response_to(env, [result], origin=self.name, one_hop=one_hop)
         if reply.target_path == self.name:  # we are the origin
             self._deliver_local_response(env.id, reply.response)
         else:
@@ -322,6 +345,7 @@ class Router:
     async def _broadcast_here(self, env: Envelope, run_locally: bool) -> list[CellResult]:
         """Fan ``env`` out to the next cells, handle it here too, merge all results."""
         remaining = max(0.0, env.deadline_ms / 1000 - time.time())
+        sub_deadline_ms = env.deadline_ms - int(1000 * min(remaining * HOP_MARGIN, MAX_HOP_MARGIN))
         waits: dict[str, asyncio.Future[link_pb2.Response]] = {}
         results: list[CellResult] = []
         for channel in self._next_channels(env.direction):
@@ -338,8 +362,8 @@ class Router:
                 continue
             sub = Envelope()
             sub.CopyFrom(env)
-            sub.id = envelopes.new_id()
-            waits[child_path] = self._expect(sub.id)
+            sub.deadline_ms = sub_deadline_ms
+            waits[child_path] = self._expect(_reply_key(env.id, channel.peer))
             self._forward(sub, channel)
         own = (
             asyncio.ensure_future(self._run_handler(env, Delivery(env, env.routing_path)))
@@ -404,6 +428,16 @@ class Router:
             max_hops=self.max_hops,
         )
 
+    def _first_sight(self, broadcast_id: str) -> bool:
+        """Remember ``broadcast_id``; False if this cell has seen it before."""
+        seen = self._broadcasts_seen
+        if broadcast_id in seen:
+            return False
+        seen[broadcast_id] = None
+        if len(seen) > RECENT_BROADCASTS:
+            seen.popitem(last=False)
+        return True
+
     def _expect(self, envelope_id: str) -> asyncio.Future[link_pb2.Response]:
         waiter: asyncio.Future[link_pb2.Response] = asyncio.get_running_loop().create_future()
         self._pending[envelope_id] = waiter
@@ -444,6 +478,11 @@ def _set_payload(env: Envelope, payload: dict[str, Any]) -> None:
     if name not in envelopes.PAYLOADS:
         raise InvalidArgument(f"unknown payload {name!r}")
     getattr(env, name).CopyFrom(message)
+
+
+def _reply_key(broadcast_id: str, neighbour: str) -> str:
+    """What a hop waits on for ``neighbour``'s answer to a broadcast (the id is shared)."""
+    return f"{broadcast_id}>{neighbour}"
 
 
 def _relation_word(direction: envelopes.Dir) -> str:

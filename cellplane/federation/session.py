@@ -64,11 +64,13 @@ async def _read_loop(
         envs = batch.envelopes
         if not envs:
             continue
+        # Read before routing: forwarding renumbers an envelope for its next link.
+        last_seq = envs[-1].seq
         fresh = [env for env in envs if channel.accept(peer_epoch, env)]
         work: list[Any] = []
         if fresh:
             await receive(channel, fresh, work)
-        cursor = channel.handled(peer_epoch, envs[-1].seq)
+        cursor = channel.handled(peer_epoch, last_seq)
         if cursor is not None:
             cursor_writer.add(cursor, work)
 
