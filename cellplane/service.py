@@ -18,19 +18,34 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sqlalchemy import select, text
 
-from cellplane import db
+from cellplane import catalog, db
+from cellplane.api.auth import Authenticator
+from cellplane.api.cells import CellsServicer
+from cellplane.api.compute import ComputeServicer
+from cellplane.api.view import ApiView
 from cellplane.config import CellConfig, ParentConfig
+from cellplane.db.instances import InstanceChanges
 from cellplane.db.models import Cell as CellRow
 from cellplane.errors import AlreadyExists, CellNotFound, InvalidArgument
 from cellplane.federation import dispatch, envelopes, security
+from cellplane.federation.builds import BuildCoordinator
 from cellplane.federation.channel import PeerChannel, Relation
 from cellplane.federation.cursors import CursorStore
 from cellplane.federation.link import LinkEndpoint, LinkServicer, ParentDialer, server_options
 from cellplane.federation.neighbours import Neighbours
+from cellplane.federation.outbox import Outbox, OutboxSender, PushReceiver
 from cellplane.federation.reports import StateManager
 from cellplane.federation.router import Router
 from cellplane.federation.views import own_node
-from cellplane.v1 import cells_pb2, cells_pb2_grpc, link_pb2, link_pb2_grpc
+from cellplane.roles import LocalRoles
+from cellplane.v1 import (
+    cells_pb2,
+    cells_pb2_grpc,
+    compute_pb2,
+    compute_pb2_grpc,
+    link_pb2,
+    link_pb2_grpc,
+)
 
 HEALTH_INTERVAL = 5.0
 
@@ -55,6 +70,7 @@ class Cell:
         self.port = 0
         self.healthy = False
         self._addresses: dict[str, str] = {}  # neighbour -> host:port of its CellLink server
+        self._child_weights: dict[str, tuple[float, float, bool]] = {}
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -100,11 +116,18 @@ class Cell:
         )
         self._register_handlers()
         await asyncio.to_thread(self._seed_neighbours)
+        await asyncio.to_thread(catalog.seed, self.sessions, images="api" in cfg.roles)
+        self.local_roles = await asyncio.to_thread(
+            LocalRoles.start, cfg, self.sessions, self.changes
+        )
         self.link_servicer = LinkServicer(self.endpoint)
         await self._serve()
         for channel in self.neighbours.parents():
             self._start_dialer(channel)
         self._tasks.append(asyncio.create_task(self.state.run(), name=f"{self.name}-reports"))
+        self._tasks.append(
+            asyncio.create_task(self.outbox_sender.run(), name=f"{self.name}-outbox")
+        )
         self._tasks.append(asyncio.create_task(self._watch_health(), name=f"{self.name}-health"))
         self.log.info(
             "cell_started",
@@ -131,6 +154,7 @@ class Cell:
         await self.router.stop()
         if self._server is not None:
             await self._server.stop(grace)
+        await asyncio.to_thread(self.local_roles.stop)
         self.engine.dispose()
         self.log.info("cell_stopped")
 
@@ -155,17 +179,24 @@ class Cell:
     # --- serving -------------------------------------------------------------------
 
     async def _serve(self) -> None:
-        from cellplane.api.cells import CellsServicer
-
         cfg = self.config
         server = grpc.aio.server(options=server_options(cfg.max_message_bytes))
         link_pb2_grpc.add_CellLinkServicer_to_server(self.link_servicer, server)
-        cells_pb2_grpc.add_CellsServiceServicer_to_server(CellsServicer(self), server)
+        auth = Authenticator(cfg.api.tokens)
+        cells_pb2_grpc.add_CellsServiceServicer_to_server(CellsServicer(self, auth), server)
+        names = [cells_pb2.DESCRIPTOR.services_by_name["CellsService"].full_name]
+        if self.api_view is not None:
+            if auth.open:
+                self.log.warning("api_open", reason="no [api] tokens: every caller is admin")
+            compute_pb2_grpc.add_ComputeServiceServicer_to_server(
+                ComputeServicer(self, auth, self.api_view), server
+            )
+            names.append(compute_pb2.DESCRIPTOR.services_by_name["ComputeService"].full_name)
         self.health_servicer = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health_servicer, server)
         services = [
             link_pb2.DESCRIPTOR.services_by_name["CellLink"].full_name,
-            cells_pb2.DESCRIPTOR.services_by_name["CellsService"].full_name,
+            *names,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]
@@ -263,6 +294,7 @@ class Cell:
         else:
             self.endpoint.tls_identities.pop(row.name, None)
         self._addresses[row.name] = row.address
+        self._child_weights[row.name] = (row.weight_offset, row.weight_scale, row.disabled)
         return channel
 
     def _start_dialer(self, channel: PeerChannel) -> None:
@@ -359,6 +391,26 @@ class Cell:
     # --- handlers ------------------------------------------------------------------
 
     def _register_handlers(self) -> None:
+        cfg = self.config
+        is_api = "api" in cfg.roles
+        self.outbox = Outbox(lambda: [c.peer for c in self.neighbours.parents()], change_log=is_api)
+        self.changes = InstanceChanges(self.outbox.record)
+        self.outbox_sender = OutboxSender(self.name, self.neighbours, self.sessions)
+        self.api_view = ApiView(self.sessions) if is_api else None
+        self.pushes = PushReceiver(
+            self.name, self.outbox, self.api_view.after_push if self.api_view else None
+        )
+        self.pushes.register(self.handlers)
+        self.builds = BuildCoordinator(
+            cfg,
+            self.router,
+            self.state,
+            self.sessions,
+            self.changes,
+            (lambda: self.local_roles.client) if "cells" in cfg.roles else None,
+            self._weights,
+        )
+        self.builds.register(self.handlers)
         self.handlers.register("echo", dispatch.echo)
         self.handlers.register_inline("capability_report", self.state.on_capability_report)
         self.handlers.register_inline("capacity_report", self.state.on_capacity_report)
@@ -374,6 +426,9 @@ class Cell:
             )
             return delivery.ok(node=node)
         raise InvalidArgument(f"unknown service query {what!r}")
+
+    def _weights(self, child: str) -> tuple[float, float, bool]:
+        return self._child_weights.get(child, (0.0, 1.0, False))
 
     def _send_up(self, target: str, payload: dict[str, Any]) -> None:
         self.router.send(target, envelopes.UP, **payload)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from cellplane.api.auth import Authenticator
 from cellplane.api.status import rpc
 from cellplane.config import CELL_NAME
 from cellplane.db.models import Cell as CellRow
@@ -27,8 +28,12 @@ _RELATIONS = {types_pb2.CELL_RELATION_PARENT: "parent", types_pb2.CELL_RELATION_
 class CellsServicer(cells_pb2_grpc.CellsServiceServicer):
     """Admin API over a running :class:`~cellplane.service.Cell`."""
 
-    def __init__(self, cell: Cell) -> None:
+    def __init__(self, cell: Cell, auth: Authenticator) -> None:
         self.cell = cell
+        self.auth = auth
+
+    def _admin(self, context: Context) -> None:
+        self.auth.caller(context).require_admin("the cells API")
 
     def _to_proto(self, row: CellRow) -> types_pb2.Cell:
         cell = self.cell
@@ -86,6 +91,7 @@ class CellsServicer(cells_pb2_grpc.CellsServiceServicer):
     async def ListCells(
         self, request: cells_pb2.ListCellsRequest, context: Context
     ) -> cells_pb2.ListCellsResponse:
+        self._admin(context)
         wanted = _RELATIONS.get(request.relation)
         rows = [r for r in self._rows() if wanted is None or r.relation == wanted]
         return cells_pb2.ListCellsResponse(
@@ -96,6 +102,7 @@ class CellsServicer(cells_pb2_grpc.CellsServiceServicer):
     async def GetCell(
         self, request: cells_pb2.GetCellRequest, context: Context
     ) -> cells_pb2.GetCellResponse:
+        self._admin(context)
         _check_name(request.name)
         return cells_pb2.GetCellResponse(cell=self._to_proto(self._row(request.name)))
 
@@ -103,6 +110,7 @@ class CellsServicer(cells_pb2_grpc.CellsServiceServicer):
     async def AddCell(
         self, request: cells_pb2.AddCellRequest, context: Context
     ) -> cells_pb2.AddCellResponse:
+        self._admin(context)
         given = request.cell
         _check_name(given.name)
         if given.name == self.cell.name:
@@ -128,6 +136,7 @@ class CellsServicer(cells_pb2_grpc.CellsServiceServicer):
     async def UpdateCell(
         self, request: cells_pb2.UpdateCellRequest, context: Context
     ) -> cells_pb2.UpdateCellResponse:
+        self._admin(context)
         given = request.cell
         _check_name(given.name)
         mask = list(request.update_mask) or list(UPDATABLE)
@@ -152,6 +161,7 @@ class CellsServicer(cells_pb2_grpc.CellsServiceServicer):
     async def RemoveCell(
         self, request: cells_pb2.RemoveCellRequest, context: Context
     ) -> cells_pb2.RemoveCellResponse:
+        self._admin(context)
         _check_name(request.name)
         await self.cell.remove_neighbour(request.name)
         return cells_pb2.RemoveCellResponse()
@@ -160,6 +170,7 @@ class CellsServicer(cells_pb2_grpc.CellsServiceServicer):
     async def GetCapacities(
         self, request: cells_pb2.GetCapacitiesRequest, context: Context
     ) -> cells_pb2.GetCapacitiesResponse:
+        self._admin(context)
         root = await self._tree(context)
         target = request.cell_path or root.path
         paths.validate(target, "cell_path")
@@ -185,12 +196,14 @@ class CellsServicer(cells_pb2_grpc.CellsServiceServicer):
     async def SyncInstances(
         self, request: cells_pb2.SyncInstancesRequest, context: Context
     ) -> cells_pb2.SyncInstancesResponse:
+        self._admin(context)
         raise Unavailable("instance anti-entropy is not available in this version")
 
     @rpc
     async def GetTree(
         self, request: cells_pb2.GetTreeRequest, context: Context
     ) -> cells_pb2.GetTreeResponse:
+        self._admin(context)
         return cells_pb2.GetTreeResponse(root=await self._tree(context))
 
     async def _tree(self, context: Context) -> types_pb2.CellNode:

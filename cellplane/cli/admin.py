@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import collections
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -60,6 +62,14 @@ def open_channel(opts: argparse.Namespace) -> grpc.Channel:
     ``--cert``/``--key`` present a client certificate (a server with a CA configured
     requires one); ``--ca`` verifies the server (the system roots when it is absent).
     """
+    channel = _transport(opts)
+    token = getattr(opts, "token", "")
+    if token:
+        return grpc.intercept_channel(channel, _BearerToken(token))
+    return channel
+
+
+def _transport(opts: argparse.Namespace) -> grpc.Channel:
     ca, cert, key = (getattr(opts, name, None) for name in ("ca", "cert", "key"))
     if ca is None and cert is None and key is None:
         return grpc.insecure_channel(opts.server)
@@ -74,6 +84,40 @@ def open_channel(opts: argparse.Namespace) -> grpc.Channel:
         roots = ca.read_bytes() if ca is not None else None
         credentials = grpc.ssl_channel_credentials(root_certificates=roots)
     return grpc.secure_channel(opts.server, credentials)
+
+
+class _CallDetails(
+    collections.namedtuple(
+        "_CallDetails",
+        ["method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"],
+    ),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds ``authorization: Bearer <token>`` to every call."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: Any) -> _CallDetails:
+        metadata = [*(details.metadata or ()), self._header]
+        return _CallDetails(
+            details.method,
+            details.timeout,
+            metadata,
+            details.credentials,
+            details.wait_for_ready,
+            details.compression,
+        )
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
 
 
 def run(opts: argparse.Namespace) -> int:

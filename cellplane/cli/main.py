@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 
-from cellplane.cli import admin
+from cellplane.cli import admin, instances
 from cellplane.cli.logs import configure_logging
 from cellplane.config import ROLES, load_config
 from cellplane.errors import CellplaneError
@@ -32,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--cert", type=Path, help="client certificate (PEM) for a server that requires mTLS"
     )
     parser.add_argument("--key", type=Path, help="private key (PEM) of --cert")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("CELLPLANE_TOKEN", ""),
+        help="bearer token for the API (default: $CELLPLANE_TOKEN)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run one cell, or with no --config the demo federation")
@@ -47,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.add_argument("--revision", default="head")
 
     admin.add_parsers(sub)
+    instances.add_parsers(sub)
 
     from cellplane.cli import bench, certs
 
@@ -83,6 +89,9 @@ def _dispatch(opts: argparse.Namespace) -> int:
         db.upgrade(cfg.database_url, opts.revision)
         print(f"{cfg.name}: database at {db.current(cfg.database_url)}")
         return 0
+    if opts.command in {"instance", "flavor", "image"}:
+        with admin.open_channel(opts) as channel:
+            return instances.run(opts, channel)
     if opts.command in {"cells", "tree"}:
         return admin.run(opts)
     if opts.command == "bench":

@@ -8,17 +8,24 @@ from pathlib import Path
 
 import structlog
 
+from cellplane.catalog import DEFAULT_IMAGES
 from cellplane.config import CellConfig
 from cellplane.demo import default_data_dir, demo_configs, with_parent
 from cellplane.service import Cell
 
 NEXT_STEPS = """
 cellplane demo federation is up: API cell at {address} (data in {data_dir})
+API tokens: demo-token (project demo), admin-token (admin)
 
-  cellplane tree --server {address}
-  cellplane cells list --server {address}
+  export CELLPLANE_TOKEN=admin-token
+  cellplane --server {address} tree
+  cellplane --server {address} instance create web --flavor 1 --image {image} --wait
+  cellplane --server {address} instance list
+
   grpcurl -plaintext {address} list
-  grpcurl -plaintext {address} cellplane.v1.CellsService/GetTree
+  grpcurl -plaintext -H 'authorization: Bearer demo-token' \\
+      -d '{{"name": "web", "flavor_id": "1", "image_id": "{image}"}}' \\
+      {address} cellplane.v1.ComputeService/CreateInstances
 
 Ctrl-C stops it.
 """
@@ -67,7 +74,8 @@ async def serve_demo(data_dir: Path | None, listen: str, report_interval: float 
             cells[demo.name] = cell
         await _wait_links_up(list(cells.values()))
         api = cells["api"]
-        print(NEXT_STEPS.format(address=api.address, data_dir=data_dir), flush=True)
+        image = DEFAULT_IMAGES[0][0]
+        print(NEXT_STEPS.format(address=api.address, data_dir=data_dir, image=image), flush=True)
         log.info("demo_ready", address=api.address)
         await stop.wait()
     finally:

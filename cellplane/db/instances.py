@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from cellplane.db.models import (
@@ -42,6 +42,14 @@ class InstanceChanges:
         query = select(Instance).where(Instance.uuid == uuid, Instance.deleted.is_(False))
         if for_update:
             query = query.with_for_update()
+            if session.get_bind().dialect.name == "sqlite":
+                # SQLite ignores FOR UPDATE and pysqlite reads outside the transaction:
+                # a no-op write takes the write lock first, so no concurrent change is lost.
+                session.connection().execute(
+                    update(Instance)
+                    .where(Instance.uuid == uuid)
+                    .values(version=Instance.version, updated_at=Instance.updated_at)
+                )
         instance = session.scalar(query)
         if instance is None:
             raise InstanceNotFound(f"instance {uuid} not found")

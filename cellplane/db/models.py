@@ -276,6 +276,8 @@ class OutboxEntry(Base):
     """
 
     __tablename__ = "outbox"
+    # Ids are never reused (SQLite AUTOINCREMENT): a parent drops pushes by id as duplicates.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     # SQLite only autoincrements an INTEGER PRIMARY KEY.
     id: Mapped[int] = mapped_column(
@@ -310,6 +312,8 @@ class InstanceChange(Base):
     """
 
     __tablename__ = "instance_changes"
+    # Revisions are never reused (SQLite AUTOINCREMENT): watchers resume from them.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     revision: Mapped[int] = mapped_column(
         sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True

@@ -252,6 +252,7 @@ def upgrade() -> None:
         sa.Column("payload", sa.LargeBinary(), nullable=False),
         _timestamp("created_at"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_outbox")),
+        sqlite_autoincrement=True,
     )
     op.create_index(op.f("ix_outbox_peer"), "outbox", ["peer"])
 
@@ -295,6 +296,7 @@ def upgrade() -> None:
         sa.Column("version", sa.BigInteger(), nullable=False),
         _timestamp("created_at"),
         sa.PrimaryKeyConstraint("revision", name=op.f("pk_instance_changes")),
+        sqlite_autoincrement=True,
     )
 
 

@@ -80,7 +80,9 @@ def test_invalid_config_is_refused_naming_the_key(
 
 
 def test_compute_scheduler_network_and_api_tables(tmp_path: Path) -> None:
-    text = GOOD + """
+    text = (
+        GOOD
+        + """
 [compute]
 spawn_latency = 0.01
 host_count = 3
@@ -95,6 +97,7 @@ pools = { private = "10.1.0.0/24" }
 [api]
 tokens = { s3cret = "demo:member" }
 """
+    )
     cfg = load_config(write(tmp_path, text), env={})
     assert [h.name for h in cfg.compute.hosts] == ["eu-h1", "eu-h2", "eu-h3"]
     assert cfg.compute.hosts[0].memory_mb == 8192

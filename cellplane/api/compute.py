@@ -1,0 +1,565 @@
+"""ComputeService: the public compute API of an API cell.
+
+Validation happens here, at the edge; builds go to the cell scheduler, actions
+go to the owning cell as targeted envelopes, and what the caller sees is the
+API cell's view, which the owning cells keep current with their pushes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid as uuidlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from sqlalchemy import select
+
+from cellplane.api.auth import Authenticator, Caller
+from cellplane.api.status import rpc
+from cellplane.api.view import ApiView, NewInstance
+from cellplane.compute import states
+from cellplane.db.models import Flavor, Image, Instance
+from cellplane.errors import (
+    CellplaneError,
+    CellUnavailable,
+    Code,
+    InvalidArgument,
+    from_status,
+)
+from cellplane.federation import codec, envelopes, paths
+from cellplane.federation.channel import LinkState, Relation
+from cellplane.v1 import compute_pb2, compute_pb2_grpc, link_pb2, types_pb2
+
+if TYPE_CHECKING:
+    from cellplane.service import Cell
+
+Context = grpc.aio.ServicerContext[Any, Any]
+MAX_COUNT = 1000
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+WATCH_POLL = 0.05
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,62}$")
+
+
+def _check_uuid(value: str) -> str:
+    if not _UUID.match(value):
+        raise InvalidArgument(f"uuid {value!r} is not a UUID")
+    return value
+
+
+class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
+    """ComputeService over a running API :class:`~cellplane.service.Cell`."""
+
+    def __init__(self, cell: Cell, auth: Authenticator, view: ApiView) -> None:
+        self.cell = cell
+        self.auth = auth
+        self.view = view
+
+    # --- create ----------------------------------------------------------------------
+
+    @rpc
+    async def CreateInstances(
+        self, request: compute_pb2.CreateInstancesRequest, context: Context
+    ) -> compute_pb2.CreateInstancesResponse:
+        caller = self.auth.caller(context)
+        count = request.count or 1
+        if not 1 <= count <= MAX_COUNT:
+            raise InvalidArgument(f"count must be in 1..{MAX_COUNT}, got {count}")
+        if not _NAME.match(request.name):
+            raise InvalidArgument(f"name {request.name!r}: 1-63 letters, digits, '._ -'")
+        if len(request.idempotency_key) > 255:
+            raise InvalidArgument("idempotency_key is longer than 255 characters")
+        hints = request.scheduler_hints
+        if hints.target_cell:
+            caller.require_admin("the target_cell hint")
+            paths.validate(hints.target_cell, "scheduler_hints.target_cell")
+        for uuid in [*hints.same_host, *hints.different_host]:
+            _check_uuid(uuid)
+        if len(request.metadata) > 128 or any(
+            len(k) > 255 or len(v) > 255 for k, v in request.metadata.items()
+        ):
+            raise InvalidArgument("metadata: at most 128 items of at most 255 characters")
+        flavor, image = await asyncio.to_thread(self._flavor_and_image, request)
+        request_id = f"req-{uuidlib.uuid4()}"
+        names = [request.name] if count == 1 else [f"{request.name}-{i + 1}" for i in range(count)]
+        new = [
+            NewInstance(
+                name=n,
+                project_id=caller.project_id,
+                user_id=caller.user_id,
+                flavor=codec.flavor_snapshot(codec.flavor_to_proto(flavor)),
+                image_id=image.uuid,
+                availability_zone=request.availability_zone or None,
+                metadata=dict(request.metadata),
+            )
+            for n in names
+        ]
+        rows, created = await asyncio.to_thread(
+            self.view.create, caller.project_id, request.idempotency_key, request_id, new
+        )
+        if created:
+            await self._schedule(rows, flavor, image, request, request_id, caller)
+            rows = await asyncio.to_thread(self.view.get_many, [r.uuid for r in rows])
+        return compute_pb2.CreateInstancesResponse(
+            instances=[self._to_proto(r) for r in rows], request_id=request_id
+        )
+
+    def _flavor_and_image(
+        self, request: compute_pb2.CreateInstancesRequest
+    ) -> tuple[Flavor, Image]:
+        with self.cell.sessions() as session:
+            flavor = session.scalar(select(Flavor).where(Flavor.flavor_id == request.flavor_id))
+            image = session.scalar(select(Image).where(Image.uuid == request.image_id))
+        if flavor is None or flavor.disabled:
+            raise InvalidArgument(f"flavor {request.flavor_id!r} does not exist")
+        if image is None:
+            raise InvalidArgument(f"image {request.image_id!r} does not exist")
+        if image.status != "active":
+            raise InvalidArgument(f"image {request.image_id} is {image.status}, not active")
+        if flavor.memory_mb < image.min_ram_mb or flavor.root_gb < image.min_disk_gb:
+            raise InvalidArgument(
+                f"flavor {flavor.flavor_id} is too small for image {image.uuid} "
+                f"(needs {image.min_ram_mb} MB RAM, {image.min_disk_gb} GB disk)"
+            )
+        return flavor, image
+
+    async def _schedule(
+        self,
+        rows: list[Instance],
+        flavor: Flavor,
+        image: Image,
+        request: compute_pb2.CreateInstancesRequest,
+        request_id: str,
+        caller: Caller,
+    ) -> None:
+        build = link_pb2.BuildRequest(
+            instances=[self._to_proto(r) for r in rows],
+            flavor=codec.flavor_to_proto(flavor),
+            image=codec.image_to_proto(image),
+            request_id=request_id,
+            retries_left=self.cell.config.scheduler.retries,
+        )
+        hints = request.scheduler_hints
+        build.hints.CopyFrom(
+            link_pb2.SchedulerHints(
+                target_cell=hints.target_cell,
+                different_cell=list(hints.different_cell),
+                group=hints.group,
+                group_policy=hints.group_policy,
+                same_host=list(hints.same_host),
+                different_host=list(hints.different_host),
+            )
+        )
+        uuids = [r.uuid for r in rows]
+        deadline = time.time() + self.cell.config.scheduler.build_timeout
+        try:
+            accepted = await self.cell.builds.schedule(
+                build, self.cell.name, deadline, is_admin=caller.is_admin
+            )
+        except CellplaneError as exc:
+            if exc.code in {Code.PERMISSION_DENIED, Code.INVALID_ARGUMENT}:
+                await asyncio.to_thread(self.view.failed, uuids, int(exc.code), str(exc))
+                raise
+            await asyncio.to_thread(
+                self.view.failed, uuids, int(exc.code), f"No valid host was found: {exc}"
+            )
+            return
+        await asyncio.to_thread(self.view.placed, uuids, accepted.cell_path)
+
+    # --- reading ---------------------------------------------------------------------
+
+    @rpc
+    async def GetInstance(
+        self, request: compute_pb2.GetInstanceRequest, context: Context
+    ) -> compute_pb2.GetInstanceResponse:
+        caller = self.auth.caller(context)
+        row = await asyncio.to_thread(self.view.get, _check_uuid(request.uuid), _scope(caller))
+        faults = await asyncio.to_thread(self.view.latest_faults, [row.uuid])
+        return compute_pb2.GetInstanceResponse(instance=self._to_proto(row, faults.get(row.uuid)))
+
+    @rpc
+    async def ListInstances(
+        self, request: compute_pb2.ListInstancesRequest, context: Context
+    ) -> compute_pb2.ListInstancesResponse:
+        caller = self.auth.caller(context)
+        project = request.project_id if caller.is_admin else caller.project_id
+        page_size = request.page_size or DEFAULT_PAGE
+        if page_size > MAX_PAGE:
+            raise InvalidArgument(f"page_size must be at most {MAX_PAGE}")
+        after = 0
+        if request.page_token:
+            if not request.page_token.isdigit():
+                raise InvalidArgument(f"page_token {request.page_token!r} is not valid")
+            after = int(request.page_token)
+        if request.cell_path:
+            paths.validate(request.cell_path, "cell_path")
+
+        def query() -> list[Instance]:
+            q = select(Instance).where(Instance.id > after)
+            if project:
+                q = q.where(Instance.project_id == project)
+            if request.vm_state:
+                q = q.where(Instance.vm_state == codec.vm_state_from_proto(request.vm_state))
+            if request.cell_path:
+                q = q.where(
+                    (Instance.cell_path == request.cell_path)
+                    | Instance.cell_path.startswith(request.cell_path + paths.SEP)
+                )
+            if request.name:
+                q = q.where(Instance.name.contains(request.name, autoescape=True))
+            if not request.include_deleted:
+                q = q.where(Instance.deleted.is_(False))
+            with self.cell.sessions() as session:
+                return list(session.scalars(q.order_by(Instance.id).limit(page_size + 1)))
+
+        rows = await asyncio.to_thread(query)
+        more = len(rows) > page_size
+        rows = rows[:page_size]
+        faults = await asyncio.to_thread(
+            self.view.latest_faults, [r.uuid for r in rows if r.vm_state == states.ERROR]
+        )
+        response = compute_pb2.ListInstancesResponse(
+            instances=[self._to_proto(r, faults.get(r.uuid)) for r in rows],
+            next_page_token=str(rows[-1].id) if more and rows else "",
+        )
+        response.cells.extend(self._reachability({r.cell_path for r in rows if r.cell_path}))
+        return response
+
+    def _reachability(self, cell_paths: set[str]) -> list[compute_pb2.CellReachability]:
+        out = []
+        children = {c.peer: c for c in self.cell.neighbours.children()}
+        cell_paths.update(paths.join(self.cell.name, name) for name in children)
+        for path in sorted(cell_paths):
+            hops = paths.hops(path)
+            child = children.get(hops[1]) if len(hops) > 1 else None
+            mute = child is not None and self.cell.state.is_mute(child.peer)
+            reachable = child is not None and child.state is LinkState.UP and not mute
+            item = compute_pb2.CellReachability(cell_path=path, reachable=reachable, mute=mute)
+            if child is not None and child.last_seen:
+                item.last_seen.FromNanoseconds(int(child.last_seen * 1e9))
+            out.append(item)
+        return out
+
+    def _to_proto(self, row: Instance, fault: Any = None) -> types_pb2.Instance:
+        out = codec.instance_to_proto(row)
+        if row.cell_path and not self._cell_reachable(row.cell_path):
+            out.stale = True
+        if fault is not None:
+            out.fault.CopyFrom(codec.fault_to_proto(fault))
+        return out
+
+    def _cell_reachable(self, cell_path: str) -> bool:
+        hops = paths.hops(cell_path)
+        if len(hops) < 2:
+            return True
+        channel = self.cell.neighbours.get(hops[1], Relation.CHILD)
+        return (
+            channel is not None
+            and channel.state is LinkState.UP
+            and not self.cell.state.is_mute(hops[1])
+        )
+
+    # --- actions ---------------------------------------------------------------------
+
+    async def _act(
+        self, request: Any, context: Context, action: str, **fields: Any
+    ) -> tuple[types_pb2.Instance, str]:
+        caller = self.auth.caller(context)
+        row = await asyncio.to_thread(self.view.get, _check_uuid(request.uuid), _scope(caller))
+        check = "reboot_hard" if action == "reboot" and fields.get("hard") else action
+        states.check_allowed(check, row.uuid, row.vm_state, row.task_state)
+        if not row.cell_path:
+            raise CellUnavailable(f"instance {row.uuid} is not in any cell yet")
+        hops = paths.hops(row.cell_path)
+        if len(hops) > 1 and not self._cell_reachable(row.cell_path):
+            raise CellUnavailable(
+                f"cell {row.cell_path} of instance {row.uuid} is unreachable or mute"
+            )
+        request_id = f"req-{uuidlib.uuid4()}"
+        message = link_pb2.InstanceActionRequest(
+            instance_uuid=row.uuid,
+            action=action,
+            request_id=request_id,
+            project_id=row.project_id,
+            user_id=caller.user_id,
+            **fields,
+        )
+        result = await self.cell.router.call(
+            row.cell_path,
+            envelopes.DOWN,
+            timeout=self.cell.config.response_timeout,
+            instance_action=message,
+        )
+        if result.status.code != Code.OK:
+            raise from_status(result.status.code, result.status.message)
+        await asyncio.to_thread(self.view.record_action, row, action, request_id, caller.user_id)
+        instance = result.instance
+        # The owning cell's answer is newer than our view: apply it now, so that a read
+        # right after this call already shows the task that started.
+        instance.cell_path = paths.join(*hops[1:])
+        await asyncio.to_thread(self._apply, instance)
+        instance.cell_path = row.cell_path
+        return instance, request_id
+
+    def _apply(self, instance: types_pb2.Instance) -> None:
+        with self.cell.sessions.begin() as session:
+            self.cell.pushes.apply_update(session, instance)
+
+    @rpc
+    async def DeleteInstance(
+        self, request: compute_pb2.DeleteInstanceRequest, context: Context
+    ) -> compute_pb2.DeleteInstanceResponse:
+        caller = self.auth.caller(context)
+        row = await asyncio.to_thread(self.view.get, _check_uuid(request.uuid), _scope(caller))
+        if row.deleted:
+            raise from_status(Code.FAILED_PRECONDITION, f"instance {row.uuid} is deleted")
+        if not row.cell_path or row.version == 0:
+            gone = await asyncio.to_thread(self.view.delete_unplaced, row.uuid)
+            return compute_pb2.DeleteInstanceResponse(instance=self._to_proto(gone))
+        instance, request_id = await self._act(request, context, "delete")
+        return compute_pb2.DeleteInstanceResponse(instance=instance, request_id=request_id)
+
+    @rpc
+    async def RebootInstance(
+        self, request: compute_pb2.RebootInstanceRequest, context: Context
+    ) -> compute_pb2.RebootInstanceResponse:
+        instance, rid = await self._act(request, context, "reboot", hard=request.hard)
+        return compute_pb2.RebootInstanceResponse(instance=instance, request_id=rid)
+
+    @rpc
+    async def RebuildInstance(
+        self, request: compute_pb2.RebuildInstanceRequest, context: Context
+    ) -> compute_pb2.RebuildInstanceResponse:
+        image_id = request.image_id
+        if image_id:
+            await asyncio.to_thread(self._active_image, image_id)
+        instance, rid = await self._act(request, context, "rebuild", image_id=image_id)
+        return compute_pb2.RebuildInstanceResponse(instance=instance, request_id=rid)
+
+    def _active_image(self, image_id: str) -> Image:
+        with self.cell.sessions() as session:
+            image = session.scalar(select(Image).where(Image.uuid == image_id))
+        if image is None or image.status != "active":
+            raise InvalidArgument(f"image {image_id!r} does not exist or is not active")
+        return image
+
+    @rpc
+    async def ResizeInstance(
+        self, request: compute_pb2.ResizeInstanceRequest, context: Context
+    ) -> compute_pb2.ResizeInstanceResponse:
+        def flavor() -> Flavor:
+            with self.cell.sessions() as session:
+                found = session.scalar(select(Flavor).where(Flavor.flavor_id == request.flavor_id))
+            if found is None or found.disabled:
+                raise InvalidArgument(f"flavor {request.flavor_id!r} does not exist")
+            return found
+
+        new = await asyncio.to_thread(flavor)
+        instance, rid = await self._act(
+            request, context, "resize", flavor=codec.flavor_to_proto(new)
+        )
+        return compute_pb2.ResizeInstanceResponse(instance=instance, request_id=rid)
+
+    @rpc
+    async def ConfirmResize(
+        self, request: compute_pb2.ConfirmResizeRequest, context: Context
+    ) -> compute_pb2.ConfirmResizeResponse:
+        instance, rid = await self._act(request, context, "confirm_resize")
+        return compute_pb2.ConfirmResizeResponse(instance=instance, request_id=rid)
+
+    @rpc
+    async def RevertResize(
+        self, request: compute_pb2.RevertResizeRequest, context: Context
+    ) -> compute_pb2.RevertResizeResponse:
+        instance, rid = await self._act(request, context, "revert_resize")
+        return compute_pb2.RevertResizeResponse(instance=instance, request_id=rid)
+
+    @rpc
+    async def SnapshotInstance(
+        self, request: compute_pb2.SnapshotInstanceRequest, context: Context
+    ) -> compute_pb2.SnapshotInstanceResponse:
+        caller = self.auth.caller(context)
+        name = request.image_name or f"snapshot-{request.uuid[:8]}"
+        if not _NAME.match(name):
+            raise InvalidArgument(f"image_name {name!r}: 1-63 letters, digits, '._ -'")
+        row = await asyncio.to_thread(self.view.get, _check_uuid(request.uuid), _scope(caller))
+        states.check_allowed("snapshot", row.uuid, row.vm_state, row.task_state)
+        image = await asyncio.to_thread(self.view.create_snapshot_image, row, name)
+        instance, rid = await self._act(
+            request, context, "snapshot", image_id=image.uuid, snapshot_name=name
+        )
+        return compute_pb2.SnapshotInstanceResponse(
+            instance=instance, request_id=rid, image=codec.image_to_proto(image)
+        )
+
+    async def _simple(self, request: Any, context: Context, action: str) -> tuple[Any, str]:
+        return await self._act(request, context, action)
+
+    @rpc
+    async def StartInstance(
+        self, request: compute_pb2.StartInstanceRequest, context: Context
+    ) -> compute_pb2.StartInstanceResponse:
+        instance, rid = await self._simple(request, context, "start")
+        return compute_pb2.StartInstanceResponse(instance=instance, request_id=rid)
+
+    @rpc
+    async def StopInstance(
+        self, request: compute_pb2.StopInstanceRequest, context: Context
+    ) -> compute_pb2.StopInstanceResponse:
+        instance, rid = await self._simple(request, context, "stop")
+        return compute_pb2.StopInstanceResponse(instance=instance, request_id=rid)
+
+    @rpc
+    async def PauseInstance(
+        self, request: compute_pb2.PauseInstanceRequest, context: Context
+    ) -> compute_pb2.PauseInstanceResponse:
+        instance, rid = await self._simple(request, context, "pause")
+        return compute_pb2.PauseInstanceResponse(instance=instance, request_id=rid)
+
+    @rpc
+    async def UnpauseInstance(
+        self, request: compute_pb2.UnpauseInstanceRequest, context: Context
+    ) -> compute_pb2.UnpauseInstanceResponse:
+        instance, rid = await self._simple(request, context, "unpause")
+        return compute_pb2.UnpauseInstanceResponse(instance=instance, request_id=rid)
+
+    @rpc
+    async def SuspendInstance(
+        self, request: compute_pb2.SuspendInstanceRequest, context: Context
+    ) -> compute_pb2.SuspendInstanceResponse:
+        instance, rid = await self._simple(request, context, "suspend")
+        return compute_pb2.SuspendInstanceResponse(instance=instance, request_id=rid)
+
+    @rpc
+    async def ResumeInstance(
+        self, request: compute_pb2.ResumeInstanceRequest, context: Context
+    ) -> compute_pb2.ResumeInstanceResponse:
+        instance, rid = await self._simple(request, context, "resume")
+        return compute_pb2.ResumeInstanceResponse(instance=instance, request_id=rid)
+
+    # --- history, catalogue, watch -------------------------------------------------------
+
+    @rpc
+    async def ListInstanceActions(
+        self, request: compute_pb2.ListInstanceActionsRequest, context: Context
+    ) -> compute_pb2.ListInstanceActionsResponse:
+        caller = self.auth.caller(context)
+        row = await asyncio.to_thread(self.view.get, _check_uuid(request.uuid), _scope(caller))
+        actions = await asyncio.to_thread(self.view.actions, row.uuid)
+        response = compute_pb2.ListInstanceActionsResponse()
+        for action in actions:
+            item = response.actions.add(
+                request_id=action.request_id,
+                instance_uuid=action.instance_uuid,
+                action=action.action,
+                project_id=action.project_id,
+                user_id=action.user_id,
+                message=action.message or "",
+            )
+            _stamp(item.start_time, action.start_time)
+            _stamp(item.finish_time, action.finish_time)
+            for event in action.events:
+                ev = item.events.add(
+                    event=event.event,
+                    result=event.result or "",
+                    host=event.host or "",
+                    details=event.details or "",
+                )
+                _stamp(ev.start_time, event.start_time)
+                _stamp(ev.finish_time, event.finish_time)
+        return response
+
+    @rpc
+    async def ListInstanceFaults(
+        self, request: compute_pb2.ListInstanceFaultsRequest, context: Context
+    ) -> compute_pb2.ListInstanceFaultsResponse:
+        caller = self.auth.caller(context)
+        row = await asyncio.to_thread(self.view.get, _check_uuid(request.uuid), _scope(caller))
+        faults = await asyncio.to_thread(self.view.faults, row.uuid)
+        return compute_pb2.ListInstanceFaultsResponse(
+            faults=[codec.fault_to_proto(f) for f in faults]
+        )
+
+    @rpc
+    async def ListFlavors(
+        self, request: compute_pb2.ListFlavorsRequest, context: Context
+    ) -> compute_pb2.ListFlavorsResponse:
+        self.auth.caller(context)
+
+        def load() -> list[Flavor]:
+            q = select(Flavor).order_by(Flavor.memory_mb, Flavor.flavor_id)
+            if not request.include_disabled:
+                q = q.where(Flavor.disabled.is_(False))
+            with self.cell.sessions() as session:
+                return list(session.scalars(q))
+
+        flavors = await asyncio.to_thread(load)
+        return compute_pb2.ListFlavorsResponse(flavors=[codec.flavor_to_proto(f) for f in flavors])
+
+    @rpc
+    async def ListImages(
+        self, request: compute_pb2.ListImagesRequest, context: Context
+    ) -> compute_pb2.ListImagesResponse:
+        caller = self.auth.caller(context)
+
+        def load() -> list[Image]:
+            q = select(Image).order_by(Image.name)
+            if not caller.is_admin:
+                q = q.where((Image.owner.is_(None)) | (Image.owner == caller.project_id))
+            with self.cell.sessions() as session:
+                return list(session.scalars(q))
+
+        images = await asyncio.to_thread(load)
+        return compute_pb2.ListImagesResponse(images=[codec.image_to_proto(i) for i in images])
+
+    async def WatchInstances(
+        self, request: compute_pb2.WatchInstancesRequest, context: Context
+    ) -> AsyncIterator[compute_pb2.WatchInstancesResponse]:
+        try:
+            caller = self.auth.caller(context)
+        except CellplaneError as exc:
+            from cellplane.api.status import grpc_code
+
+            await context.abort(grpc_code(exc.code), str(exc))
+            return
+        project = (request.project_id or None) if caller.is_admin else caller.project_id
+        revision = request.from_revision
+        if revision < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "from_revision must be >= 0")
+            return
+        if revision == 0:
+            revision = await asyncio.to_thread(self.view.last_revision)
+        while True:
+            changes = await asyncio.to_thread(self.view.changes_after, revision, project)
+            for change, row in changes:
+                revision = change.revision
+                if row is None:
+                    continue
+                yield compute_pb2.WatchInstancesResponse(
+                    revision=change.revision,
+                    kind=_CHANGE_KINDS.get(change.kind, 0),
+                    instance=self._to_proto(row),
+                )
+            if not changes:
+                await asyncio.sleep(WATCH_POLL)
+
+
+_CHANGE_KINDS: dict[str, Any] = {
+    "update": compute_pb2.CHANGE_KIND_UPDATED,
+    "destroy": compute_pb2.CHANGE_KIND_DELETED,
+    "fault": compute_pb2.CHANGE_KIND_FAULT,
+}
+
+
+def _scope(caller: Caller) -> str | None:
+    """The project a caller is limited to (None: every project)."""
+    return None if caller.is_admin else caller.project_id
+
+
+def _stamp(field: Any, value: Any) -> None:
+    if value is not None:
+        field.FromDatetime(value)

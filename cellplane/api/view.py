@@ -1,0 +1,313 @@
+"""The API cell's own database view of every instance below it.
+
+The owning cells are the truth; this view is what their pushes made of it,
+plus what only the top knows: create requests (idempotency), the change log
+that WatchInstances reads, user actions, and snapshots waiting to finish.
+"""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from cellplane.compute import states
+from cellplane.db.models import (
+    CreateRequest,
+    Image,
+    Instance,
+    InstanceAction,
+    InstanceActionEvent,
+    InstanceChange,
+    InstanceFault,
+    utcnow,
+)
+from cellplane.errors import InstanceNotFound
+
+
+@dataclass(frozen=True)
+class NewInstance:
+    """What the API knows of an instance before any cell has it."""
+
+    name: str
+    project_id: str
+    user_id: str
+    flavor: dict[str, Any]
+    image_id: str
+    availability_zone: str | None
+    metadata: dict[str, str]
+
+
+class ApiView:
+    """Reads and writes of the API cell's view."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def create(
+        self, project_id: str, key: str, request_id: str, new: Sequence[NewInstance]
+    ) -> tuple[list[Instance], bool]:
+        """Create rows for ``new`` (or, for a known idempotency key, return the first
+        call's instances). Returns (instances, created)."""
+        if key:
+            existing = self.by_key(project_id, key)
+            if existing is not None:
+                return existing, False
+        try:
+            with self.sessions.begin() as session:
+                if key:
+                    session.add(
+                        CreateRequest(
+                            project_id=project_id,
+                            idempotency_key=key,
+                            request_id=request_id,
+                            instance_uuids=[],
+                        )
+                    )
+                    session.flush()
+                rows = []
+                for item in new:
+                    row = Instance(
+                        uuid=str(uuidlib.uuid4()),
+                        name=item.name,
+                        project_id=item.project_id,
+                        user_id=item.user_id,
+                        flavor_id=str(item.flavor.get("id", "")),
+                        flavor=item.flavor,
+                        image_id=item.image_id,
+                        vm_state=states.BUILDING,
+                        task_state=states.SCHEDULING,
+                        power_state=states.NOSTATE,
+                        cell_path="",
+                        version=0,
+                        availability_zone=item.availability_zone,
+                        metadata_=item.metadata,
+                        idempotency_key=key or None,
+                    )
+                    session.add(row)
+                    rows.append(row)
+                session.flush()
+                if key:
+                    request = session.scalar(
+                        select(CreateRequest).where(
+                            CreateRequest.project_id == project_id,
+                            CreateRequest.idempotency_key == key,
+                        )
+                    )
+                    assert request is not None
+                    request.instance_uuids = [r.uuid for r in rows]
+                for row in rows:
+                    self._log(session, row, "update")
+                    session.add(
+                        InstanceAction(
+                            request_id=request_id,
+                            instance_uuid=row.uuid,
+                            action="create",
+                            project_id=row.project_id,
+                            user_id=row.user_id,
+                            start_time=utcnow(),
+                        )
+                    )
+            return rows, True
+        except IntegrityError:
+            # A concurrent retry with the same key won the race: return its instances.
+            existing = self.by_key(project_id, key)
+            if existing is None:
+                raise
+            return existing, False
+
+    def by_key(self, project_id: str, key: str) -> list[Instance] | None:
+        """The instances of an earlier create with this idempotency key."""
+        with self.sessions() as session:
+            request = session.scalar(
+                select(CreateRequest).where(
+                    CreateRequest.project_id == project_id, CreateRequest.idempotency_key == key
+                )
+            )
+            if request is None or not request.instance_uuids:
+                return None
+            rows = session.scalars(
+                select(Instance)
+                .where(Instance.uuid.in_(request.instance_uuids))
+                .order_by(Instance.id)
+            ).all()
+            return list(rows)
+
+    def placed(self, uuids: Sequence[str], cell_path: str) -> None:
+        """Remember where a build went, unless a push already said more."""
+        with self.sessions.begin() as session:
+            for row in session.scalars(select(Instance).where(Instance.uuid.in_(uuids))):
+                if not row.cell_path:
+                    row.cell_path = cell_path
+
+    def failed(self, uuids: Sequence[str], code: int, message: str) -> None:
+        """Builds that no cell took: error state and a fault, here at the top."""
+        with self.sessions.begin() as session:
+            for row in session.scalars(select(Instance).where(Instance.uuid.in_(uuids))):
+                if row.version > 0:
+                    continue  # a cell owns it after all
+                row.vm_state, row.task_state = states.ERROR, None
+                session.add(
+                    InstanceFault(
+                        instance_uuid=row.uuid, code=code, message=message, details="", host=None
+                    )
+                )
+                self._log(session, row, "fault")
+                self._finish_actions(session, row, "Error")
+
+    def get(self, uuid: str, project_id: str | None) -> Instance:
+        """One instance (InstanceNotFound if missing or in another project)."""
+        with self.sessions() as session:
+            row = session.scalar(select(Instance).where(Instance.uuid == uuid))
+        if row is None or (project_id is not None and row.project_id != project_id):
+            raise InstanceNotFound(f"instance {uuid} not found")
+        return row
+
+    def get_many(self, uuids: Sequence[str]) -> list[Instance]:
+        """Instances by uuid, in the given order."""
+        with self.sessions() as session:
+            rows = {
+                r.uuid: r for r in session.scalars(select(Instance).where(Instance.uuid.in_(uuids)))
+            }
+        return [rows[u] for u in uuids if u in rows]
+
+    def delete_unplaced(self, uuid: str) -> Instance:
+        """Delete an instance that never reached a cell."""
+        with self.sessions.begin() as session:
+            row = session.scalar(select(Instance).where(Instance.uuid == uuid))
+            if row is None:
+                raise InstanceNotFound(f"instance {uuid} not found")
+            now = utcnow()
+            row.deleted, row.deleted_at, row.terminated_at = True, now, now
+            row.vm_state, row.task_state = states.DELETED, None
+            self._log(session, row, "destroy")
+            return row
+
+    def record_action(self, row: Instance, action: str, request_id: str, user_id: str) -> None:
+        """A user action the owning cell accepted."""
+        with self.sessions.begin() as session:
+            session.add(
+                InstanceAction(
+                    request_id=request_id,
+                    instance_uuid=row.uuid,
+                    action=action,
+                    project_id=row.project_id,
+                    user_id=user_id,
+                    start_time=utcnow(),
+                )
+            )
+
+    def actions(self, uuid: str) -> list[InstanceAction]:
+        """Actions of an instance, oldest first, with their events."""
+        with self.sessions() as session:
+            rows = session.scalars(
+                select(InstanceAction)
+                .where(InstanceAction.instance_uuid == uuid)
+                .order_by(InstanceAction.id)
+            ).all()
+            for row in rows:
+                _ = row.events  # load before the session closes
+            return list(rows)
+
+    def faults(self, uuid: str) -> list[InstanceFault]:
+        """Faults of an instance, newest first."""
+        with self.sessions() as session:
+            return list(
+                session.scalars(
+                    select(InstanceFault)
+                    .where(InstanceFault.instance_uuid == uuid)
+                    .order_by(InstanceFault.id.desc())
+                )
+            )
+
+    def latest_faults(self, uuids: Sequence[str]) -> dict[str, InstanceFault]:
+        """The newest fault of each of ``uuids`` that has one."""
+        with self.sessions() as session:
+            faults = session.scalars(
+                select(InstanceFault)
+                .where(InstanceFault.instance_uuid.in_(uuids))
+                .order_by(InstanceFault.id)
+            ).all()
+        return {f.instance_uuid: f for f in faults}
+
+    def create_snapshot_image(self, row: Instance, name: str) -> Image:
+        """The image a snapshot will fill (queued until the instance's task ends)."""
+        with self.sessions.begin() as session:
+            image = Image(
+                uuid=str(uuidlib.uuid4()),
+                name=name,
+                status="queued",
+                size_bytes=0,
+                min_ram_mb=0,
+                min_disk_gb=int(row.flavor.get("root_gb", 0)),
+                properties={"snapshot_of": row.uuid, "image_type": "snapshot"},
+                owner=row.project_id,
+            )
+            session.add(image)
+        return image
+
+    def after_push(self, session: Session, row: Instance) -> None:
+        """Called for every applied push: finish actions and snapshots that ended."""
+        if row.task_state is not None:
+            return
+        self._finish_actions(session, row, "Error" if row.vm_state == states.ERROR else "Success")
+        for image in session.scalars(select(Image).where(Image.status == "queued")):
+            if (image.properties or {}).get("snapshot_of") == row.uuid:
+                image.status = "active"
+                image.size_bytes = int(row.flavor.get("root_gb", 1)) * 1024**3
+
+    def changes_after(
+        self, revision: int, project_id: str | None, limit: int = 500
+    ) -> list[tuple[InstanceChange, Instance | None]]:
+        """Change log entries after ``revision`` with the instance as it is now."""
+        with self.sessions() as session:
+            query = select(InstanceChange).where(InstanceChange.revision > revision)
+            if project_id is not None:
+                query = query.where(InstanceChange.project_id == project_id)
+            changes = session.scalars(query.order_by(InstanceChange.revision).limit(limit)).all()
+            uuids = {c.instance_uuid for c in changes}
+            rows = {
+                r.uuid: r for r in session.scalars(select(Instance).where(Instance.uuid.in_(uuids)))
+            }
+        return [(c, rows.get(c.instance_uuid)) for c in changes]
+
+    def last_revision(self) -> int:
+        """The newest change log revision (0 if none)."""
+        with self.sessions() as session:
+            last = session.scalar(
+                select(InstanceChange.revision).order_by(InstanceChange.revision.desc()).limit(1)
+            )
+        return int(last or 0)
+
+    @staticmethod
+    def _log(session: Session, row: Instance, kind: str) -> None:
+        session.add(
+            InstanceChange(
+                instance_uuid=row.uuid, project_id=row.project_id, kind=kind, version=row.version
+            )
+        )
+
+    @staticmethod
+    def _finish_actions(session: Session, row: Instance, result: str) -> None:
+        now = utcnow()
+        for action in session.scalars(
+            select(InstanceAction).where(
+                InstanceAction.instance_uuid == row.uuid, InstanceAction.finish_time.is_(None)
+            )
+        ):
+            action.finish_time = now
+            session.add(
+                InstanceActionEvent(
+                    action_id=action.id,
+                    event=f"compute_{action.action}",
+                    start_time=action.start_time,
+                    finish_time=now,
+                    result=result,
+                    host=row.host,
+                )
+            )

@@ -1,0 +1,234 @@
+"""The compute manager of one host: builds instances and carries out their actions.
+
+Served over local RPC on topic ``compute`` with server ``<host>``, so a cast
+to ``compute.<host>`` reaches exactly this host. Every public method is an
+RPC method. Each step commits its own short transaction through
+:class:`~cellplane.db.instances.InstanceChanges` (a new version, pushed), and
+no transaction stays open across a driver call or an RPC call.
+
+Failures follow Nova: a failed build, rebuild, resize (or confirm, revert,
+delete) leaves the instance in ``error`` with a fault; any other failed action
+records a fault and returns the instance to the state it started in, with no
+task. A resize that does not fit on the host, or an action with bad params,
+is refused the same gentle way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import traceback
+from typing import Any
+
+import structlog
+from sqlalchemy.orm import Session, sessionmaker
+
+from cellplane.compute import states, steps
+from cellplane.compute.actions import action_key, begin_action, check_params, event_name
+from cellplane.compute.driver import FakeDriver
+from cellplane.compute.resources import flavor_spec, release
+from cellplane.compute.steps import STEPS, HostContext, Run
+from cellplane.config import ComputeConfig, HostConfig
+from cellplane.db.instances import InstanceChanges, record_event
+from cellplane.db.models import Instance, utcnow
+from cellplane.errors import (
+    CellplaneError,
+    InstanceNotFound,
+    InvalidArgument,
+    ResourceExhausted,
+    status_of,
+)
+from cellplane.network.role import NetworkClient
+from cellplane.scheduling.spec import FlavorSpec
+
+log = structlog.get_logger()
+
+# Actions whose failure leaves the instance in ERROR (the others go back).
+_ERROR_ON_FAILURE = frozenset({"rebuild", "resize", "confirm_resize", "revert_resize", "delete"})
+_MAX_FAULT_DETAILS = 8000
+
+
+class ComputeManager:
+    """Builds and runs the instances of one host on its driver."""
+
+    def __init__(
+        self,
+        host: HostConfig,
+        sessions: sessionmaker[Session],
+        changes: InstanceChanges,
+        driver: FakeDriver,
+        network: NetworkClient,
+        config: ComputeConfig,
+    ) -> None:
+        self.host = host
+        self._sessions = sessions
+        self._changes = changes
+        self._driver = driver
+        self._network = network
+        self._config = config
+        self._log = log.bind(host=host.name)
+        self._host = HostContext(host.name, driver, sessions, changes, network)
+
+    # -- RPC methods -------------------------------------------------------
+
+    def build_and_run_instance(
+        self, instance_uuid: str, request_id: str = "", image_properties: dict | None = None
+    ) -> dict[str, Any]:
+        """Allocate the instance's IPs and spawn it; it ends ``active`` or ``error``."""
+        uuid, host = instance_uuid, self.host.name
+        with self._sessions.begin() as session:
+            try:
+                instance = self._changes.get(session, uuid)
+            except InstanceNotFound:
+                self._log.warning("build_of_missing_instance", instance=uuid)
+                raise
+            if instance.vm_state != states.BUILDING:  # a redelivered cast: already done
+                self._log.info("build_skipped", instance=uuid, vm_state=instance.vm_state)
+                return self._summary(instance)
+            instance = self._changes.update(
+                session, uuid, task_state=states.NETWORKING, host=host, node=host,
+                availability_zone=instance.availability_zone or self.host.availability_zone,
+            )  # fmt: skip
+            flavor, image_id = dict(instance.flavor), instance.image_id
+            if image_properties is None:
+                image_properties = steps.image_properties(session, image_id)
+        try:
+            addresses = self._network.allocate_for_instance(uuid)
+            self._host.update(uuid, addresses=addresses, task_state=states.SPAWNING)
+            if uuid not in self._driver.list_instances():  # else spawned before a redelivery
+                self._driver.spawn(uuid, flavor, image_id, image_properties)
+            with self._sessions.begin() as session:
+                instance = self._changes.update(
+                    session, uuid, vm_state=states.ACTIVE, task_state=None,
+                    power_state=self._driver.get_power_state(uuid), launched_at=utcnow(),
+                )  # fmt: skip
+                record_event(
+                    session, uuid, request_id, "compute_build_and_run_instance", "Success",
+                    host=host,
+                )  # fmt: skip
+        except Exception as exc:
+            return self._fail_build(uuid, request_id, flavor_spec(instance.flavor_id, flavor), exc)
+        self._log.info("instance_built", instance=uuid, addresses=addresses)
+        return self._summary(instance)
+
+    def run_action(
+        self, instance_uuid: str, action: str, request_id: str = "", params: dict | None = None
+    ) -> dict[str, Any]:
+        """Carry out ``action`` (already begun, or begun here) and set its final states."""
+        uuid, params = instance_uuid, dict(params or {})
+        key = action_key(action, params)
+        step = states.transition(key)
+        try:
+            with self._sessions.begin() as session:
+                instance = self._changes.get(session, uuid)
+                if instance.task_state != step.task:
+                    instance = begin_action(
+                        session, self._changes, uuid, action, request_id, params=params
+                    )
+                run = Run(
+                    uuid, key, request_id, params, instance.vm_state, instance.flavor_id,
+                    dict(instance.flavor), instance.image_id, instance.host,
+                )  # fmt: skip
+        except CellplaneError as exc:
+            self._log.warning("action_refused", instance=uuid, action=key, error=exc.message)
+            raise
+        try:
+            check_params(key, params)
+            outcome = STEPS[key](self._host, run, step)
+        except Exception as exc:
+            return self._fail_action(run, exc)
+        try:
+            with self._sessions.begin() as session:
+                if outcome.db_work is not None:
+                    outcome.db_work(session)
+                if key == "delete":
+                    instance = self._changes.destroy(session, uuid)
+                else:
+                    instance = self._changes.update(
+                        session, uuid, task_state=None, **outcome.changes
+                    )
+                record_event(
+                    session, uuid, request_id, event_name(key), "Success", host=self.host.name
+                )
+        except InstanceNotFound:
+            self._log.info("action_outlived_instance", instance=uuid, action=key)
+            return {"instance_uuid": uuid, "action": key, "ok": False, "vm_state": "deleted"}
+        self._log.info("action_done", instance=uuid, action=key, vm_state=instance.vm_state)
+        return {**self._summary(instance), "action": key, **outcome.result}
+
+    # -- helpers -----------------------------------------------------------
+
+    def _fail_build(
+        self, uuid: str, request_id: str, spec: FlavorSpec, exc: Exception
+    ) -> dict[str, Any]:
+        code, message = status_of(exc)
+        self._log.warning("build_failed", instance=uuid, code=code.name, error=message)
+        with contextlib.suppress(Exception):
+            self._driver.destroy(uuid)
+        try:
+            self._network.deallocate_for_instance(uuid)
+        except Exception as cleanup:
+            self._log.warning("build_cleanup_failed", instance=uuid, error=str(cleanup))
+        host = self.host.name
+        try:
+            with self._sessions.begin() as session:
+                if self._changes.get(session, uuid).host == host:
+                    release(session, host, spec)
+                # As Nova does: no host, no node, no addresses after a failed build.
+                self._changes.update(session, uuid, host=None, node=None, addresses=[])
+                self._changes.fault(
+                    session, uuid, code, message, host=host, details=_details(exc),
+                    vm_state=states.ERROR,
+                )  # fmt: skip
+                record_event(
+                    session, uuid, request_id, "compute_build_and_run_instance", "Error",
+                    host=host, details=message,
+                )  # fmt: skip
+        except InstanceNotFound:
+            self._log.info("build_outlived_instance", instance=uuid)
+        return {"instance_uuid": uuid, "ok": False, "code": int(code), "message": message}
+
+    def _fail_action(self, run: Run, exc: Exception) -> dict[str, Any]:
+        code, message = status_of(exc)
+        refused = isinstance(exc, ResourceExhausted | InvalidArgument)  # nothing was touched
+        gentle = refused or run.key not in _ERROR_ON_FAILURE
+        vm_state = run.vm_state if gentle else states.ERROR
+        self._log.warning(
+            "action_failed", instance=run.uuid, action=run.key, code=code.name, error=message
+        )
+        try:
+            with self._sessions.begin() as session:
+                for undo in run.undo:
+                    undo(session)
+                self._changes.fault(
+                    session, run.uuid, code, message, host=self.host.name,
+                    details=_details(exc), vm_state=vm_state,
+                )  # fmt: skip
+                record_event(
+                    session, run.uuid, run.request_id, event_name(run.key), "Error",
+                    host=self.host.name, details=message,
+                )  # fmt: skip
+        except InstanceNotFound:
+            self._log.info("action_outlived_instance", instance=run.uuid, action=run.key)
+        return {
+            "instance_uuid": run.uuid,
+            "action": run.key,
+            "ok": False,
+            "vm_state": vm_state,
+            "code": int(code),
+            "message": message,
+        }
+
+    @staticmethod
+    def _summary(instance: Instance) -> dict[str, Any]:
+        return {
+            "instance_uuid": instance.uuid,
+            "ok": instance.vm_state != states.ERROR,
+            "vm_state": instance.vm_state,
+            "task_state": instance.task_state,
+            "power_state": instance.power_state,
+            "version": instance.version,
+        }
+
+
+def _details(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))[-_MAX_FAULT_DETAILS:]

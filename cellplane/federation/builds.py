@@ -1,0 +1,303 @@
+"""Builds and instance actions as they travel down the tree.
+
+At every cell the same steps: the cell scheduler ranks this cell (if it runs
+computes) and its children from their reports; a child gets the build as a
+targeted envelope and either takes it or answers "no valid host", and then the
+next candidate is tried, up to ``scheduler.retries``. The cell that keeps the
+build claims hosts through its scheduler role, creates the instances (which
+pushes them up) and casts the builds to its computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from sqlalchemy.orm import Session, sessionmaker
+
+from cellplane.amqp import RpcClient
+from cellplane.compute import states
+from cellplane.config import CellConfig
+from cellplane.db.instances import InstanceChanges, start_action
+from cellplane.db.models import Instance
+from cellplane.errors import (
+    CellplaneError,
+    Code,
+    NoValidHost,
+    ResourceExhausted,
+    from_status,
+)
+from cellplane.federation import codec, envelopes, paths
+from cellplane.federation.channel import LinkState
+from cellplane.federation.dispatch import Delivery
+from cellplane.federation.reports import StateManager
+from cellplane.federation.router import Router
+from cellplane.scheduling.cells import (
+    CellCandidate,
+    default_cell_filters,
+    default_cell_weighers,
+)
+from cellplane.scheduling.framework import select_or_raise
+from cellplane.scheduling.spec import FlavorSpec, Hints, RequestSpec
+from cellplane.v1 import link_pb2, types_pb2
+
+# Codes after which the next candidate cell is tried.
+_RETRYABLE = {Code.RESOURCE_EXHAUSTED, Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED}
+HOP_MARGIN = 0.5  # seconds a cell keeps back from its deadline to answer its parent
+
+
+def spec_from_request(req: link_pb2.BuildRequest, *, is_admin: bool) -> RequestSpec:
+    """The scheduler's view of a build request."""
+    flavor = req.flavor
+    first = req.instances[0] if req.instances else types_pb2.Instance()
+    return RequestSpec(
+        flavor=FlavorSpec(
+            flavor_id=flavor.id,
+            vcpus=flavor.vcpus,
+            memory_mb=flavor.memory_mb,
+            root_gb=flavor.root_gb,
+            ephemeral_gb=flavor.ephemeral_gb,
+        ),
+        image_properties=dict(req.image.properties),
+        hints=Hints(
+            target_cell=req.hints.target_cell,
+            different_cell=tuple(req.hints.different_cell),
+            group=req.hints.group,
+            group_policy=req.hints.group_policy,
+            same_host=tuple(req.hints.same_host),
+            different_host=tuple(req.hints.different_host),
+        ),
+        availability_zone=first.availability_zone,
+        num_instances=max(1, len(req.instances)),
+        tried_cells=tuple(req.tried_cells),
+        is_admin=is_admin,
+        project_id=first.project_id,
+    )
+
+
+class BuildCoordinator:
+    """Handles ``build_request`` and ``instance_action`` envelopes in one cell."""
+
+    def __init__(
+        self,
+        config: CellConfig,
+        router: Router,
+        state: StateManager,
+        sessions: sessionmaker[Session],
+        changes: InstanceChanges,
+        rpc: Callable[[], RpcClient | None] | None,
+        weights: Callable[[str], tuple[float, float, bool]],
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.router = router
+        self.state = state
+        self.sessions = sessions
+        self.changes = changes
+        self.rpc = rpc
+        self.weights = weights  # child -> (weight_offset, weight_scale, disabled)
+        self.runs_computes = "compute" in config.roles and bool(config.compute.hosts)
+        self.log = structlog.get_logger().bind(cell=self.name)
+
+    def register(self, handlers: Any) -> None:
+        """Take builds and actions addressed to this cell."""
+        handlers.register("build_request", self.on_build)
+        handlers.register("instance_action", self.on_action)
+
+    # --- builds ----------------------------------------------------------------------
+
+    async def on_build(
+        self, env: link_pb2.Envelope, delivery: Delivery
+    ) -> link_pb2.CellResult | None:
+        """A parent asks this cell (or its subtree) to build."""
+        deadline = env.deadline_ms / 1000 if env.deadline_ms else time.time() + 30
+        accepted = await self.schedule(env.build_request, delivery.path, deadline)
+        return delivery.ok(build=accepted)
+
+    async def schedule(
+        self, req: link_pb2.BuildRequest, my_path: str, deadline: float, *, is_admin: bool = True
+    ) -> link_pb2.BuildAccepted:
+        """Place ``req`` in this cell or below; raise NoValidHost when nothing fits."""
+        tried = set(req.tried_cells)
+        retries = self.config.scheduler.retries
+        last_error = "no cell was tried"
+        for _ in range(retries + 1):
+            spec = spec_from_request(req, is_admin=is_admin)
+            candidates = [c for c in self.candidates(my_path) if c.path not in tried]
+            try:
+                ranked = select_or_raise(
+                    candidates, spec, default_cell_filters(), default_cell_weighers()
+                )
+            except NoValidHost as exc:
+                raise NoValidHost(f"{exc}; {last_error}" if tried else str(exc)) from None
+            best = ranked[0].candidate
+            try:
+                if best.is_self:
+                    return await self._build_here(req, my_path)
+                return await self._build_below(req, best.name, my_path, deadline)
+            except CellplaneError as exc:
+                if exc.code not in _RETRYABLE:
+                    raise
+                tried.add(best.path)
+                del req.tried_cells[:]
+                req.tried_cells.extend(sorted(tried))
+                last_error = f"{best.path}: {exc}"
+                self.log.info("build_rescheduled", cell=best.path, reason=str(exc))
+        raise NoValidHost(f"no valid host after {retries + 1} attempts; last: {last_error}")
+
+    def candidates(self, my_path: str) -> list[CellCandidate]:
+        """This cell (if it runs computes) and every child, from their latest reports."""
+        out = []
+        if self.runs_computes:
+            own = self.state.own_capacity()
+            out.append(
+                CellCandidate.from_report(
+                    name=self.name,
+                    path=my_path,
+                    is_self=True,
+                    capabilities=self.state.capabilities,
+                    capacity=own,
+                )
+            )
+        for channel in self.router.neighbours.children():
+            report = self.state.children.get(channel.peer)
+            offset, scale, disabled = self.weights(channel.peer)
+            out.append(
+                CellCandidate.from_report(
+                    name=channel.peer,
+                    path=paths.join(my_path, channel.peer),
+                    is_self=False,
+                    capabilities=report.capabilities if report else {},
+                    capacity=report.capacity if report else types_pb2.Capacity(),
+                    disabled=disabled or channel.state is not LinkState.UP,
+                    mute=self.state.is_mute(channel.peer),
+                    weight_offset=offset,
+                    weight_scale=scale,
+                )
+            )
+        return out
+
+    async def _build_below(
+        self, req: link_pb2.BuildRequest, child: str, my_path: str, deadline: float
+    ) -> link_pb2.BuildAccepted:
+        """Ask ``child``; the answer names the cell that took the build by a path from
+        this cell, which becomes a path from wherever ``my_path`` starts."""
+        timeout = deadline - time.time() - HOP_MARGIN
+        if timeout <= 0:
+            raise ResourceExhausted(f"no time left to try {child}")
+        result = await self.router.call(
+            paths.join(self.name, child), envelopes.DOWN, timeout=timeout, build_request=req
+        )
+        if result.status.code != Code.OK:
+            raise from_status(result.status.code, result.status.message)
+        accepted = result.build
+        above = paths.hops(my_path)[:-1]
+        accepted.cell_path = paths.join(*above, accepted.cell_path)
+        return accepted
+
+    async def _build_here(self, req: link_pb2.BuildRequest, my_path: str) -> link_pb2.BuildAccepted:
+        rpc = self.rpc() if self.rpc is not None else None
+        if rpc is None:
+            raise NoValidHost(f"cell {self.name} runs no scheduler")
+        spec = spec_from_request(req, is_admin=True)
+        hosts: list[str] = await asyncio.to_thread(
+            rpc.call,
+            "scheduler",
+            "select_and_claim",
+            spec=spec.to_dict(),
+            count=len(req.instances),
+            timeout=self.config.scheduler.build_timeout,
+        )
+        await asyncio.to_thread(self._create, req, hosts)
+        properties = dict(req.image.properties)
+        for instance, host in zip(req.instances, hosts, strict=True):
+            await asyncio.to_thread(
+                rpc.cast,
+                f"compute.{host}",
+                "build_and_run_instance",
+                instance_uuid=instance.uuid,
+                request_id=req.request_id,
+                image_properties=properties,
+            )
+        return link_pb2.BuildAccepted(
+            instance_uuids=[i.uuid for i in req.instances], cell_path=my_path
+        )
+
+    def _create(self, req: link_pb2.BuildRequest, hosts: list[str]) -> None:
+        with self.sessions.begin() as session:
+            for msg, host in zip(req.instances, hosts, strict=True):
+                fields = codec.instance_fields(msg)
+                fields.update(
+                    vm_state=states.BUILDING,
+                    task_state=states.SCHEDULING,
+                    power_state=states.NOSTATE,
+                    host=host,
+                    node=host,
+                    flavor=codec.flavor_snapshot(req.flavor),
+                    flavor_id=req.flavor.id,
+                    image_id=req.image.id or msg.image_id,
+                    cell_path=self.name,
+                    server_group=req.hints.group or None,
+                )
+                row = self.changes.create(session, Instance(uuid=msg.uuid, **fields))
+                start_action(session, row, "create", req.request_id)
+
+    # --- actions ---------------------------------------------------------------------
+
+    async def on_action(
+        self, env: link_pb2.Envelope, delivery: Delivery
+    ) -> link_pb2.CellResult | None:
+        """An action on an instance this cell owns."""
+        action = env.instance_action
+        name = action.action
+        params: dict[str, Any] = {}
+        if name == "reboot" and action.hard:
+            name = "reboot_hard"
+            params["hard"] = True
+        if action.image_id:
+            params["image_id"] = action.image_id
+        if action.HasField("flavor"):
+            params["flavor"] = codec.flavor_snapshot(action.flavor)
+        if action.snapshot_name:
+            params["snapshot_name"] = action.snapshot_name
+
+        from cellplane.compute.actions import begin_action
+
+        def begin() -> tuple[types_pb2.Instance, str | None]:
+            with self.sessions.begin() as session:
+                row = begin_action(
+                    session,
+                    self.changes,
+                    action.instance_uuid,
+                    name,
+                    action.request_id,
+                    params=params,
+                    user_id=action.user_id,
+                )
+                return codec.instance_to_proto(row), row.host
+
+        instance, host = await asyncio.to_thread(begin)
+        rpc = self.rpc() if self.rpc is not None else None
+        if host is None or rpc is None:
+            # Never placed on a host (failed build): nothing runs, just destroy it.
+            if name == "delete":
+                await asyncio.to_thread(self._destroy_unplaced, action.instance_uuid)
+                return delivery.ok(instance=instance)
+            raise NoValidHost(f"instance {action.instance_uuid} has no host")
+        await asyncio.to_thread(
+            rpc.cast,
+            f"compute.{host}",
+            "run_action",
+            instance_uuid=action.instance_uuid,
+            action=name,
+            request_id=action.request_id,
+            params=params,
+        )
+        return delivery.ok(instance=instance)
+
+    def _destroy_unplaced(self, uuid: str) -> None:
+        with self.sessions.begin() as session:
+            self.changes.destroy(session, uuid)

@@ -1,0 +1,185 @@
+"""Instance rows <-> protobuf, for pushes between cells and for the public API.
+
+States are stored as Nova's lower-case names and travel as the protobuf enums.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from cellplane.db.models import Flavor, Image, Instance, InstanceFault
+from cellplane.v1 import types_pb2
+
+
+def _enum_maps(enum: Any, prefix: str) -> tuple[dict[str, int], dict[int, str]]:
+    to_proto: dict[str, int] = {}
+    for name, number in enum.items():
+        if number:
+            to_proto[name.removeprefix(prefix).lower()] = number
+    from_proto = {number: name for name, number in to_proto.items()}
+    return to_proto, from_proto
+
+
+_VM, _VM_BACK = _enum_maps(types_pb2.VmState, "VM_STATE_")
+_VM["soft-delete"] = _VM.pop("soft_deleted")
+_VM_BACK[_VM["soft-delete"]] = "soft-delete"
+_TASK, _TASK_BACK = _enum_maps(types_pb2.TaskState, "TASK_STATE_")
+for _dashed in ("powering-off", "powering-on"):
+    _TASK[_dashed] = _TASK.pop(_dashed.replace("-", "_"))
+    _TASK_BACK[_TASK[_dashed]] = _dashed
+
+
+def vm_state_to_proto(state: str) -> int:
+    """``active`` -> VM_STATE_ACTIVE."""
+    return _VM.get(state, 0)
+
+
+def vm_state_from_proto(number: int) -> str:
+    """VM_STATE_ACTIVE -> ``active`` ("" for unspecified)."""
+    return _VM_BACK.get(number, "")
+
+
+def task_state_to_proto(state: str | None) -> int:
+    """``resize_prep`` -> TASK_STATE_RESIZE_PREP (None -> unspecified)."""
+    return _TASK.get(state or "", 0)
+
+
+def task_state_from_proto(number: int) -> str | None:
+    """TASK_STATE_... -> Nova's name, or None for no task."""
+    return _TASK_BACK.get(number)
+
+
+def timestamp(value: datetime | None) -> Timestamp | None:
+    """A protobuf timestamp of an aware datetime."""
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def flavor_to_proto(flavor: Flavor | dict[str, Any]) -> types_pb2.Flavor:
+    """A flavor row, or an instance's flavor snapshot, as protobuf."""
+    if isinstance(flavor, Flavor):
+        return types_pb2.Flavor(
+            id=flavor.flavor_id,
+            name=flavor.name,
+            vcpus=flavor.vcpus,
+            memory_mb=flavor.memory_mb,
+            root_gb=flavor.root_gb,
+            ephemeral_gb=flavor.ephemeral_gb,
+            disabled=flavor.disabled,
+            is_public=flavor.is_public,
+            extra_specs=flavor.extra_specs or {},
+        )
+    return types_pb2.Flavor(
+        id=str(flavor.get("id", "")),
+        name=str(flavor.get("name", "")),
+        vcpus=int(flavor.get("vcpus", 0)),
+        memory_mb=int(flavor.get("memory_mb", 0)),
+        root_gb=int(flavor.get("root_gb", 0)),
+        ephemeral_gb=int(flavor.get("ephemeral_gb", 0)),
+    )
+
+
+def flavor_snapshot(flavor: types_pb2.Flavor) -> dict[str, Any]:
+    """What an instance keeps of its flavor."""
+    return {
+        "id": flavor.id,
+        "name": flavor.name,
+        "vcpus": flavor.vcpus,
+        "memory_mb": flavor.memory_mb,
+        "root_gb": flavor.root_gb,
+        "ephemeral_gb": flavor.ephemeral_gb,
+    }
+
+
+def image_to_proto(image: Image) -> types_pb2.Image:
+    """An image row as protobuf."""
+    out = types_pb2.Image(
+        id=image.uuid,
+        name=image.name,
+        status=image.status,
+        size_bytes=image.size_bytes,
+        min_ram_mb=image.min_ram_mb,
+        min_disk_gb=image.min_disk_gb,
+        properties={str(k): str(v) for k, v in (image.properties or {}).items()},
+        owner=image.owner or "",
+    )
+    created = timestamp(image.created_at)
+    if created is not None:
+        out.created_at.CopyFrom(created)
+    return out
+
+
+def fault_to_proto(fault: InstanceFault) -> types_pb2.Fault:
+    """A fault row as protobuf."""
+    out = types_pb2.Fault(
+        code=fault.code, message=fault.message, details=fault.details or "", host=fault.host or ""
+    )
+    created = timestamp(fault.created_at)
+    if created is not None:
+        out.created_at.CopyFrom(created)
+    return out
+
+
+def instance_to_proto(row: Instance, *, cell_path: str | None = None) -> types_pb2.Instance:
+    """An instance row as protobuf (``cell_path`` overrides the stored one)."""
+    out = types_pb2.Instance(
+        uuid=row.uuid,
+        name=row.name,
+        project_id=row.project_id,
+        user_id=row.user_id,
+        flavor=flavor_to_proto(row.flavor or {}),
+        image_id=row.image_id,
+        vm_state=vm_state_to_proto(row.vm_state),  # type: ignore[arg-type]
+        task_state=task_state_to_proto(row.task_state),  # type: ignore[arg-type]
+        power_state=row.power_state,  # type: ignore[arg-type]
+        version=row.version,
+        cell_path=row.cell_path if cell_path is None else cell_path,
+        host=row.host or "",
+        availability_zone=row.availability_zone or "",
+        metadata={str(k): str(v) for k, v in (row.metadata_ or {}).items()},
+        deleted=row.deleted,
+    )
+    out.addresses.extend(
+        types_pb2.Address(
+            pool=a.get("pool", ""), address=a.get("address", ""), version=int(a.get("version", 4))
+        )
+        for a in row.addresses or []
+    )
+    for name in ("created_at", "updated_at", "launched_at"):
+        stamp = timestamp(getattr(row, name))
+        if stamp is not None:
+            getattr(out, name).CopyFrom(stamp)
+    return out
+
+
+def instance_fields(msg: types_pb2.Instance) -> dict[str, Any]:
+    """Column values of an instance row from its protobuf copy (not cell_path)."""
+    fields: dict[str, Any] = {
+        "name": msg.name,
+        "project_id": msg.project_id,
+        "user_id": msg.user_id,
+        "flavor_id": msg.flavor.id,
+        "flavor": flavor_snapshot(msg.flavor),
+        "image_id": msg.image_id,
+        "vm_state": vm_state_from_proto(msg.vm_state),
+        "task_state": task_state_from_proto(msg.task_state),
+        "power_state": int(msg.power_state),
+        "version": msg.version,
+        "host": msg.host or None,
+        "availability_zone": msg.availability_zone or None,
+        "metadata_": dict(msg.metadata),
+        "deleted": msg.deleted,
+        "addresses": [
+            {"pool": a.pool, "address": a.address, "version": a.version} for a in msg.addresses
+        ],
+    }
+    for name in ("created_at", "updated_at", "launched_at"):
+        if msg.HasField(name):
+            fields[name] = getattr(msg, name).ToDatetime(tzinfo=UTC)
+    return fields

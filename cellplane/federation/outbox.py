@@ -1,0 +1,298 @@
+"""State up: the durable outbox and the pushes it carries to every parent.
+
+The owning cell writes one outbox row per parent in the same transaction as
+the change (see :class:`cellplane.db.instances.InstanceChanges`). The sender
+drains rows in order onto each parent's link and deletes them once the parent
+acknowledged them, so a change survives a dead link or a dead process. A
+parent applies a push only if it is newer than what it has, then (if it has
+parents of its own) writes its own outbox rows in the same transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from cellplane.db.models import Instance, InstanceChange, InstanceFault, OutboxEntry, utcnow
+from cellplane.federation import codec, envelopes, paths
+from cellplane.federation.channel import PeerChannel
+from cellplane.federation.dispatch import Delivery
+from cellplane.federation.neighbours import Neighbours
+from cellplane.v1 import link_pb2
+
+MAX_IN_FLIGHT = 20_000  # unacked pushes per parent before the sender waits
+BATCH_ROWS = 2_000
+IDLE_POLL = 0.5
+BUSY_POLL = 0.005
+_PAYLOAD_OF_KIND = {
+    "update": "instance_update",
+    "destroy": "instance_destroyed",
+    "fault": "instance_fault",
+}
+
+
+def encode_push(instance: Instance, kind: str, fault: InstanceFault | None) -> tuple[str, bytes]:
+    """The payload field and bytes of a push about ``instance``."""
+    message: Any
+    if kind == "destroy":
+        message = link_pb2.InstanceDestroyed(
+            instance_uuid=instance.uuid, version=instance.version, cell_path=instance.cell_path
+        )
+    elif kind == "fault" and fault is not None:
+        message = link_pb2.InstanceFaultReport(
+            instance_uuid=instance.uuid,
+            version=instance.version,
+            fault=codec.fault_to_proto(fault),
+        )
+    else:
+        message = link_pb2.InstanceUpdate(instance=codec.instance_to_proto(instance))
+    return _PAYLOAD_OF_KIND[kind], message.SerializeToString()
+
+
+class Outbox:
+    """Writes outbox rows: the ``on_change`` hook of InstanceChanges."""
+
+    def __init__(self, parents: Callable[[], list[str]], *, change_log: bool = False) -> None:
+        self.parents = parents
+        self.change_log = change_log
+
+    def record(
+        self, session: Session, instance: Instance, kind: str, fault: InstanceFault | None
+    ) -> None:
+        """Queue ``kind`` of ``instance`` for every parent (and log it for watchers)."""
+        if self.change_log:
+            session.add(
+                InstanceChange(
+                    instance_uuid=instance.uuid,
+                    project_id=instance.project_id,
+                    kind=kind,
+                    version=instance.version,
+                )
+            )
+        peers = self.parents()
+        if not peers:
+            return
+        rows = [(kind, fault)]
+        if kind == "fault":  # the state change that came with the fault, too
+            rows.insert(0, ("update", None))
+        for row_kind, row_fault in rows:
+            payload_field, payload = encode_push(instance, row_kind, row_fault)
+            for peer in peers:
+                session.add(
+                    OutboxEntry(
+                        peer=peer,
+                        kind=payload_field,
+                        instance_uuid=instance.uuid,
+                        version=instance.version,
+                        payload=payload,
+                    )
+                )
+
+
+class OutboxSender:
+    """Drains the outbox onto the parents' links and deletes what they acked."""
+
+    def __init__(self, name: str, neighbours: Neighbours, sessions: sessionmaker[Session]) -> None:
+        self.name = name
+        self.neighbours = neighbours
+        self.sessions = sessions
+        self._queued_upto: dict[str, int] = {}  # parent -> highest outbox id put on its link
+        self._acked: list[int] = []
+        self._listening: set[str] = set()
+        self._wake = asyncio.Event()
+        self.sent = 0
+        self.log = structlog.get_logger().bind(cell=name)
+
+    def wake(self) -> None:
+        """Look at the outbox now (call from the event loop)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Send and delete until cancelled."""
+        poll = IDLE_POLL
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), poll)
+            self._wake.clear()
+            if self._acked:
+                acked, self._acked = self._acked, []
+                await asyncio.to_thread(self._delete, acked)
+            moved = 0
+            for channel in self.neighbours.parents():
+                moved += await self._fill(channel)
+            poll = BUSY_POLL if moved or self._acked else min(IDLE_POLL, poll * 2)
+
+    async def _fill(self, channel: PeerChannel) -> int:
+        if channel.peer not in self._listening:
+            channel.on_acked.append(self._on_acked)
+            self._listening.add(channel.peer)
+        room = MAX_IN_FLIGHT - channel.unacked
+        if room <= 0:
+            return 0
+        after = self._queued_upto.get(channel.peer, 0)
+        rows = await asyncio.to_thread(self._load, channel.peer, after, min(room, BATCH_ROWS))
+        if not rows:
+            return 0
+        target = paths.join(self.name, channel.peer)
+        batch = []
+        for row_id, kind, payload in rows:
+            env = link_pb2.Envelope(
+                id=f"ob-{self.name}-{row_id}",
+                kind=envelopes.TARGETED,
+                direction=envelopes.UP,
+                routing_path=self.name,
+                target_path=target,
+                max_hops=2,
+                hop_count=1,
+            )
+            getattr(env, kind).MergeFromString(payload)
+            batch.append(env)
+        channel.send_many(batch)
+        self._queued_upto[channel.peer] = rows[-1][0]
+        self.sent += len(batch)
+        return len(batch)
+
+    def _on_acked(self, done: list[link_pb2.Envelope]) -> None:
+        prefix = f"ob-{self.name}-"
+        for env in done:
+            if env.id.startswith(prefix):
+                self._acked.append(int(env.id[len(prefix) :]))
+        if self._acked:
+            self._wake.set()
+
+    def _load(self, peer: str, after: int, limit: int) -> list[tuple[int, str, bytes]]:
+        with self.sessions() as session:
+            rows = session.execute(
+                select(OutboxEntry.id, OutboxEntry.kind, OutboxEntry.payload)
+                .where(OutboxEntry.peer == peer, OutboxEntry.id > after)
+                .order_by(OutboxEntry.id)
+                .limit(limit)
+            ).all()
+        return [(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
+
+    def _delete(self, ids: list[int]) -> None:
+        with self.sessions.begin() as session:
+            for start in range(0, len(ids), 500):
+                session.execute(
+                    delete(OutboxEntry).where(OutboxEntry.id.in_(ids[start : start + 500]))
+                )
+
+    def pending(self) -> int:
+        """Rows still in the outbox (for tests and the benchmark)."""
+        with self.sessions() as session:
+            return len(session.scalars(select(OutboxEntry.id)).all())
+
+
+class PushReceiver:
+    """A parent's side of state up: applies pushes from children if they are newer."""
+
+    def __init__(
+        self,
+        name: str,
+        outbox: Outbox,
+        after_apply: Callable[[Session, Instance], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.outbox = outbox
+        self.after_apply = after_apply
+        self.applied = 0
+        self.stale = 0
+
+    def register(self, handlers: Any) -> None:
+        """Handle the three push payloads in line with the link."""
+        handlers.register_inline("instance_update", self.on_update)
+        handlers.register_inline("instance_destroyed", self.on_destroyed)
+        handlers.register_inline("instance_fault", self.on_fault)
+
+    def on_update(self, env: link_pb2.Envelope, delivery: Delivery) -> None:
+        """A child's new copy of an instance."""
+        msg = env.instance_update.instance
+        delivery.db_work.append(lambda session: self.apply_update(session, msg))
+
+    def on_destroyed(self, env: link_pb2.Envelope, delivery: Delivery) -> None:
+        """An instance is gone below."""
+        msg = env.instance_destroyed
+        delivery.db_work.append(lambda session: self.apply_destroyed(session, msg))
+
+    def on_fault(self, env: link_pb2.Envelope, delivery: Delivery) -> None:
+        """A fault below."""
+        msg = env.instance_fault
+        delivery.db_work.append(lambda session: self.apply_fault(session, msg))
+
+    def apply_update(self, session: Session, msg: Any) -> None:
+        """Upsert ``msg`` (a types_pb2.Instance) if it is newer than our copy."""
+        row = session.scalar(select(Instance).where(Instance.uuid == msg.uuid))
+        if row is not None and row.version >= msg.version:
+            self.stale += 1
+            return
+        fields = codec.instance_fields(msg)
+        fields["cell_path"] = paths.join(self.name, msg.cell_path)
+        if row is None:
+            row = Instance(uuid=msg.uuid, **fields)
+            session.add(row)
+        else:
+            for key, value in fields.items():
+                setattr(row, key, value)
+        session.flush()
+        self.applied += 1
+        self.outbox.record(session, row, "update", None)
+        if self.after_apply is not None:
+            self.after_apply(session, row)
+
+    def apply_destroyed(self, session: Session, msg: Any) -> None:
+        """Mark the instance deleted if the push is newer."""
+        row = session.scalar(select(Instance).where(Instance.uuid == msg.instance_uuid))
+        if row is None or row.version >= msg.version:
+            self.stale += 1
+            return
+        now = utcnow()
+        row.deleted, row.deleted_at, row.terminated_at = True, now, now
+        row.vm_state, row.task_state, row.version = "deleted", None, msg.version
+        session.flush()
+        self.applied += 1
+        self.outbox.record(session, row, "destroy", None)
+
+    def apply_fault(self, session: Session, msg: Any) -> None:
+        """Keep the fault (once) and pass it on."""
+        exists = session.scalar(
+            select(InstanceFault.id).where(
+                InstanceFault.instance_uuid == msg.instance_uuid,
+                InstanceFault.message == msg.fault.message,
+                InstanceFault.code == msg.fault.code,
+            )
+        )
+        row = session.scalar(select(Instance).where(Instance.uuid == msg.instance_uuid))
+        if exists is not None or row is None:
+            self.stale += 1
+            return
+        fault = InstanceFault(
+            instance_uuid=msg.instance_uuid,
+            code=msg.fault.code,
+            message=msg.fault.message,
+            details=msg.fault.details,
+            host=msg.fault.host or None,
+        )
+        session.add(fault)
+        session.flush()
+        self.applied += 1
+        for peer_kind in ("fault",):
+            if self.outbox.parents():
+                payload_field, payload = encode_push(row, peer_kind, fault)
+                for peer in self.outbox.parents():
+                    from cellplane.db.models import OutboxEntry as Entry
+
+                    session.add(
+                        Entry(
+                            peer=peer,
+                            kind=payload_field,
+                            instance_uuid=row.uuid,
+                            version=row.version,
+                            payload=payload,
+                        )
+                    )

@@ -1,0 +1,165 @@
+"""Fixed-IP allocation from a cell's CIDR pools.
+
+Addresses live in ``ip_allocations``, one row per address ever handed out,
+held while ``instance_uuid`` is set (Nova's ``fixed_ips``). Allocation first
+takes a released row back with a conditional UPDATE, then appends the next
+address after the pool's newest row; only when that runs off the end of the
+pool does it read the pool's whole allocated set to find a gap. The
+``UNIQUE(pool, address)`` constraint is what makes two concurrent
+allocations never hand out the same address: a loser's INSERT fails inside
+a savepoint and it moves on to the next address.
+
+In every pool the network address, the gateway (the first host address) and,
+for IPv4, the broadcast address are never handed out.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from cellplane.db.models import IpAllocation, utcnow
+from cellplane.errors import PoolExhausted
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = dict[str, Any]
+
+# Released rows another allocation may race us for before we stop trying them.
+_MAX_REUSE_ATTEMPTS = 64
+
+
+def usable_range(cidr: str) -> tuple[int, int]:
+    """First and last address (as integers) that may go to an instance; first > last if none."""
+    network = ipaddress.ip_network(cidr, strict=True)
+    first = int(network.network_address) + 2  # skip the network address and the gateway
+    last = int(network.broadcast_address)
+    if network.version == 4:
+        last -= 1  # the broadcast address
+    return first, last
+
+
+def allocate(
+    session: Session, pools: Sequence[tuple[str, str]], instance_uuid: str
+) -> list[Address]:
+    """Give ``instance_uuid`` an address from the first of ``pools`` with room.
+
+    Idempotent: an instance that already holds addresses gets them back. The
+    caller commits. Raises PoolExhausted naming every pool when all are full.
+    """
+    held = addresses_of(session, instance_uuid)
+    if held:
+        return held
+    for name, cidr in pools:
+        network = ipaddress.ip_network(cidr, strict=True)
+        address = _reuse(session, name, network, instance_uuid) or _append(
+            session, name, network, instance_uuid
+        )
+        if address is not None:
+            return [{"pool": name, "address": address, "version": network.version}]
+    described = ", ".join(f"{name} ({cidr})" for name, cidr in pools) or "none configured"
+    raise PoolExhausted(f"no free fixed IP address in pools: {described}")
+
+
+def release(session: Session, instance_uuid: str) -> int:
+    """Free every address ``instance_uuid`` holds; returns how many. The caller commits."""
+    result = session.connection().execute(
+        sa.update(IpAllocation)
+        .where(IpAllocation.instance_uuid == instance_uuid)
+        .values(instance_uuid=None, allocated_at=None)
+    )
+    return int(result.rowcount)
+
+
+def addresses_of(session: Session, instance_uuid: str) -> list[Address]:
+    """The addresses ``instance_uuid`` holds, in allocation order."""
+    rows = session.execute(
+        sa.select(IpAllocation.pool, IpAllocation.address)
+        .where(IpAllocation.instance_uuid == instance_uuid)
+        .order_by(IpAllocation.id)
+    ).all()
+    return [
+        {"pool": pool, "address": address, "version": ipaddress.ip_address(address).version}
+        for pool, address in rows
+    ]
+
+
+def _reuse(session: Session, pool: str, network: Network, instance_uuid: str) -> str | None:
+    """Take back a released address of ``pool``; None if there is none."""
+    row = IpAllocation
+    for _ in range(_MAX_REUSE_ATTEMPTS):
+        candidate = session.execute(
+            sa.select(row.id, row.address)
+            .where(row.pool == pool, row.instance_uuid.is_(None))
+            .order_by(row.id)
+            .limit(1)
+        ).first()
+        if candidate is None:
+            return None
+        taken = session.connection().execute(
+            sa.update(row)
+            .where(row.id == candidate.id, row.instance_uuid.is_(None))
+            .values(instance_uuid=instance_uuid, allocated_at=utcnow())
+        )
+        if taken.rowcount == 1:
+            if ipaddress.ip_address(candidate.address) in network:
+                return str(candidate.address)
+            # The pool's CIDR changed since: retire the stray row for good.
+            session.connection().execute(sa.delete(row).where(row.id == candidate.id))
+    return None
+
+
+def _append(session: Session, pool: str, network: Network, instance_uuid: str) -> str | None:
+    """Insert the first free address of ``pool``; None if the pool is full."""
+    first, last = usable_range(str(network))
+    newest = session.scalar(
+        sa.select(IpAllocation.address)
+        .where(IpAllocation.pool == pool)
+        .order_by(IpAllocation.id.desc())
+        .limit(1)
+    )
+    start = first
+    if newest is not None and ipaddress.ip_address(newest) in network:
+        start = max(first, int(ipaddress.ip_address(newest)) + 1)
+    taken: set[int] = set()
+    candidate = start
+    scanned = False
+    while True:
+        if candidate > last:
+            if scanned:
+                return None
+            # Ran off the end: look for gaps below, once, with the whole allocated set.
+            taken |= _allocated(session, pool)
+            scanned, candidate = True, first
+            continue
+        if candidate in taken:
+            candidate += 1
+            continue
+        address = str(ipaddress.ip_address(candidate))
+        if _insert(session, pool, address, instance_uuid):
+            return address
+        taken.add(candidate)
+        candidate += 1
+
+
+def _allocated(session: Session, pool: str) -> set[int]:
+    addresses = session.scalars(sa.select(IpAllocation.address).where(IpAllocation.pool == pool))
+    return {int(ipaddress.ip_address(a)) for a in addresses}
+
+
+def _insert(session: Session, pool: str, address: str, instance_uuid: str) -> bool:
+    """Insert one allocation; False if a concurrent allocation holds the address."""
+    try:
+        with session.begin_nested():
+            session.connection().execute(
+                sa.insert(IpAllocation).values(
+                    pool=pool, address=address, instance_uuid=instance_uuid, allocated_at=utcnow()
+                )
+            )
+    except IntegrityError:
+        return False
+    return True
