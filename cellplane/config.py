@@ -47,6 +47,7 @@ DEFAULT_MAX_HOPS = 16
 DEFAULT_RESERVE_PERCENT = 0.0
 DEFAULT_RESPONSE_TIMEOUT = 10.0
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+DEFAULT_SYNC_INTERVAL = 300.0
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ class CellConfig:
     max_hops: int = DEFAULT_MAX_HOPS
     response_timeout: float = DEFAULT_RESPONSE_TIMEOUT
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    sync_interval: float = DEFAULT_SYNC_INTERVAL
     tls: TlsConfig | None = None
     compute: ComputeConfig = ComputeConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
@@ -245,6 +247,7 @@ _SCALARS: dict[tuple[str, str], Callable[[str, object], Any]] = {
     ("links", "max_hops"): _positive(int),
     ("links", "response_timeout"): _positive(float),
     ("links", "max_message_bytes"): _positive(int),
+    ("links", "sync_interval"): _positive(float),
 }
 _KNOWN_TABLES = {
     "cell",

@@ -10,13 +10,14 @@ import asyncio
 import contextlib
 import enum
 import os
+from pathlib import Path
 from typing import Any
 
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from sqlalchemy import select, text
+from sqlalchemy import make_url, select, text
 
 from cellplane import catalog, db
 from cellplane.api.auth import Authenticator
@@ -31,6 +32,7 @@ from cellplane.federation import dispatch, envelopes, security
 from cellplane.federation.builds import BuildCoordinator
 from cellplane.federation.channel import PeerChannel, Relation
 from cellplane.federation.cursors import CursorStore
+from cellplane.federation.digests import Synchronizer
 from cellplane.federation.link import LinkEndpoint, LinkServicer, ParentDialer, server_options
 from cellplane.federation.neighbours import Neighbours
 from cellplane.federation.outbox import Outbox, OutboxSender, PushReceiver
@@ -80,6 +82,7 @@ class Cell:
             raise RuntimeError(f"cell {self.name} was already started")
         self._phase = _Phase.RUNNING
         cfg = self.config
+        _make_sqlite_dir(cfg.database_url)
         await asyncio.to_thread(db.upgrade, cfg.database_url)
         self.engine = db.create_engine(cfg.database_url)
         self.sessions = db.make_session_factory(self.engine)
@@ -128,6 +131,7 @@ class Cell:
         self._tasks.append(
             asyncio.create_task(self.outbox_sender.run(), name=f"{self.name}-outbox")
         )
+        self._tasks.append(asyncio.create_task(self.sync.run(), name=f"{self.name}-sync"))
         self._tasks.append(asyncio.create_task(self._watch_health(), name=f"{self.name}-health"))
         self.log.info(
             "cell_started",
@@ -411,6 +415,15 @@ class Cell:
             self._weights,
         )
         self.builds.register(self.handlers)
+        self.sync = Synchronizer(
+            self.name,
+            self.router,
+            self.sessions,
+            self.outbox,
+            interval=cfg.sync_interval,
+            timeout=cfg.response_timeout,
+        )
+        self.sync.register(self.handlers)
         self.handlers.register("echo", dispatch.echo)
         self.handlers.register_inline("capability_report", self.state.on_capability_report)
         self.handlers.register_inline("capacity_report", self.state.on_capacity_report)
@@ -432,6 +445,13 @@ class Cell:
 
     def _send_up(self, target: str, payload: dict[str, Any]) -> None:
         self.router.send(target, envelopes.UP, **payload)
+
+
+def _make_sqlite_dir(url: str) -> None:
+    """Create the directory of a SQLite database file, so a new cell can start."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
 
 
 __all__ = ["Cell"]

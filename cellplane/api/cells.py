@@ -10,7 +10,7 @@ from cellplane.api.auth import Authenticator
 from cellplane.api.status import rpc
 from cellplane.config import CELL_NAME
 from cellplane.db.models import Cell as CellRow
-from cellplane.errors import CellNotFound, InvalidArgument, Unavailable
+from cellplane.errors import CellNotFound, CellplaneError, InvalidArgument
 from cellplane.federation import envelopes, paths
 from cellplane.federation.channel import Relation
 from cellplane.federation.reports import capacity_from_dict
@@ -197,7 +197,26 @@ class CellsServicer(cells_pb2_grpc.CellsServiceServicer):
         self, request: cells_pb2.SyncInstancesRequest, context: Context
     ) -> cells_pb2.SyncInstancesResponse:
         self._admin(context)
-        raise Unavailable("instance anti-entropy is not available in this version")
+        cell = self.cell
+        children = [c.peer for c in cell.neighbours.children()]
+        if request.cell_path:
+            hops = paths.hops(paths.validate(request.cell_path, "cell_path"))
+            if len(hops) < 2 or hops[0] != cell.name or hops[1] not in children:
+                raise CellNotFound(
+                    f"{request.cell_path!r} is not below {cell.name} (children: {children})"
+                )
+            children = [hops[1]]
+        response = cells_pb2.SyncInstancesResponse()
+        for child in children:
+            result = response.results.add(cell_path=paths.join(cell.name, child))
+            try:
+                sync = await cell.sync.sync_child(child, full=request.full)
+            except CellplaneError as exc:
+                result.status.code, result.status.message = int(exc.code), str(exc)
+                continue
+            result.answered = True
+            result.sync.CopyFrom(sync)
+        return response
 
     @rpc
     async def GetTree(

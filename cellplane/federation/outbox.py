@@ -75,24 +75,34 @@ class Outbox:
                     version=instance.version,
                 )
             )
-        peers = self.parents()
+        if kind == "fault":  # the state change that came with the fault goes first
+            self.push(session, instance, "update", None)
+        self.push(session, instance, kind, fault)
+
+    def push(
+        self,
+        session: Session,
+        instance: Instance,
+        kind: str,
+        fault: InstanceFault | None,
+        *,
+        peers: list[str] | None = None,
+    ) -> None:
+        """One outbox row per parent (or per one of ``peers``) for one push."""
+        peers = self.parents() if peers is None else peers
         if not peers:
             return
-        rows = [(kind, fault)]
-        if kind == "fault":  # the state change that came with the fault, too
-            rows.insert(0, ("update", None))
-        for row_kind, row_fault in rows:
-            payload_field, payload = encode_push(instance, row_kind, row_fault)
-            for peer in peers:
-                session.add(
-                    OutboxEntry(
-                        peer=peer,
-                        kind=payload_field,
-                        instance_uuid=instance.uuid,
-                        version=instance.version,
-                        payload=payload,
-                    )
+        payload_field, payload = encode_push(instance, kind, fault)
+        for peer in peers:
+            session.add(
+                OutboxEntry(
+                    peer=peer,
+                    kind=payload_field,
+                    instance_uuid=instance.uuid,
+                    version=instance.version,
+                    payload=payload,
                 )
+            )
 
 
 class OutboxSender:
@@ -281,18 +291,4 @@ class PushReceiver:
         session.add(fault)
         session.flush()
         self.applied += 1
-        for peer_kind in ("fault",):
-            if self.outbox.parents():
-                payload_field, payload = encode_push(row, peer_kind, fault)
-                for peer in self.outbox.parents():
-                    from cellplane.db.models import OutboxEntry as Entry
-
-                    session.add(
-                        Entry(
-                            peer=peer,
-                            kind=payload_field,
-                            instance_uuid=row.uuid,
-                            version=row.version,
-                            payload=payload,
-                        )
-                    )
+        self.outbox.push(session, row, "fault", fault)
