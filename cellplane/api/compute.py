@@ -533,16 +533,17 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
             return
         if revision == 0:
             revision = await asyncio.to_thread(self.view.last_revision)
+        # Say at once that the watch is established, before the first change.
+        await context.send_initial_metadata(())
         while True:
             changes = await asyncio.to_thread(self.view.changes_after, revision, project)
-            for change, row in changes:
+            for change in changes:
                 revision = change.revision
-                if row is None:
-                    continue
+                instance = types_pb2.Instance.FromString(change.snapshot)
                 yield compute_pb2.WatchInstancesResponse(
                     revision=change.revision,
                     kind=_CHANGE_KINDS.get(change.kind, 0),
-                    instance=self._to_proto(row),
+                    instance=instance,
                 )
             if not changes:
                 await asyncio.sleep(WATCH_POLL)

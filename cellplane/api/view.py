@@ -28,6 +28,7 @@ from cellplane.db.models import (
     utcnow,
 )
 from cellplane.errors import InstanceNotFound
+from cellplane.federation.outbox import log_change
 
 
 @dataclass(frozen=True)
@@ -263,18 +264,15 @@ class ApiView:
 
     def changes_after(
         self, revision: int, project_id: str | None, limit: int = 500
-    ) -> list[tuple[InstanceChange, Instance | None]]:
-        """Change log entries after ``revision`` with the instance as it is now."""
+    ) -> list[InstanceChange]:
+        """Change log entries after ``revision``, each with the instance as it was then."""
         with self.sessions() as session:
             query = select(InstanceChange).where(InstanceChange.revision > revision)
             if project_id is not None:
                 query = query.where(InstanceChange.project_id == project_id)
-            changes = session.scalars(query.order_by(InstanceChange.revision).limit(limit)).all()
-            uuids = {c.instance_uuid for c in changes}
-            rows = {
-                r.uuid: r for r in session.scalars(select(Instance).where(Instance.uuid.in_(uuids)))
-            }
-        return [(c, rows.get(c.instance_uuid)) for c in changes]
+            return list(
+                session.scalars(query.order_by(InstanceChange.revision).limit(limit))
+            )
 
     def last_revision(self) -> int:
         """The newest change log revision (0 if none)."""
@@ -286,11 +284,8 @@ class ApiView:
 
     @staticmethod
     def _log(session: Session, row: Instance, kind: str) -> None:
-        session.add(
-            InstanceChange(
-                instance_uuid=row.uuid, project_id=row.project_id, kind=kind, version=row.version
-            )
-        )
+        session.flush()
+        log_change(session, row, kind)
 
     @staticmethod
     def _finish_actions(session: Session, row: Instance, result: str) -> None:

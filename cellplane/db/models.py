@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
 # Explicit names make alembic's output identical on SQLite and PostgreSQL.
 NAMING_CONVENTION: dict[str, str] = {
@@ -24,6 +24,7 @@ NAMING_CONVENTION: dict[str, str] = {
 }
 
 CELL_RELATIONS = ("parent", "child")
+FAULT_MESSAGE_LENGTH = 255
 
 
 def utcnow() -> datetime:
@@ -137,6 +138,12 @@ class InstanceFault(Base):
     details: Mapped[str | None] = mapped_column(sa.Text)
     host: Mapped[str | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    @validates("message")
+    def _fit_message(self, key: str, value: str) -> str:
+        # As Nova does, keep the start of a long message: PostgreSQL refuses what
+        # does not fit the column (SQLite would have stored it whole).
+        return value[:FAULT_MESSAGE_LENGTH] if value else value
 
 
 class InstanceAction(Base):
@@ -322,6 +329,8 @@ class InstanceChange(Base):
     project_id: Mapped[str]
     kind: Mapped[str] = mapped_column(sa.String(16))
     version: Mapped[int] = mapped_column(sa.BigInteger)
+    # The instance as it was at this revision (a serialized cellplane.v1.Instance).
+    snapshot: Mapped[bytes] = mapped_column(sa.LargeBinary, default=b"")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -55,6 +55,20 @@ def encode_push(instance: Instance, kind: str, fault: InstanceFault | None) -> t
     return _PAYLOAD_OF_KIND[kind], message.SerializeToString()
 
 
+def log_change(session: Session, instance: Instance, kind: str) -> None:
+    """Add a row to the API cell's change log, with the instance as it is now."""
+    snapshot = codec.instance_to_proto(instance).SerializeToString()
+    session.add(
+        InstanceChange(
+            instance_uuid=instance.uuid,
+            project_id=instance.project_id,
+            kind=kind,
+            version=instance.version,
+            snapshot=snapshot,
+        )
+    )
+
+
 class Outbox:
     """Writes outbox rows: the ``on_change`` hook of InstanceChanges."""
 
@@ -67,14 +81,7 @@ class Outbox:
     ) -> None:
         """Queue ``kind`` of ``instance`` for every parent (and log it for watchers)."""
         if self.change_log:
-            session.add(
-                InstanceChange(
-                    instance_uuid=instance.uuid,
-                    project_id=instance.project_id,
-                    kind=kind,
-                    version=instance.version,
-                )
-            )
+            log_change(session, instance, kind)
         if kind == "fault":  # the state change that came with the fault goes first
             self.push(session, instance, "update", None)
         self.push(session, instance, kind, fault)

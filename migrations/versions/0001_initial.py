@@ -294,6 +294,7 @@ def upgrade() -> None:
         _string("project_id"),
         _string("kind", 16),
         sa.Column("version", sa.BigInteger(), nullable=False),
+        sa.Column("snapshot", sa.LargeBinary(), nullable=False),
         _timestamp("created_at"),
         sa.PrimaryKeyConstraint("revision", name=op.f("pk_instance_changes")),
         sqlite_autoincrement=True,
