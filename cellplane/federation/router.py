@@ -151,7 +151,7 @@ class Router:
                 self._reject(channel, env, exc)
                 continue
             env.routing_path = env.routing_path + paths.SEP + self.name
-            if env.hop_count >= env.max_hops:
+            if env.hop_count > env.max_hops:
                 self.rejected += 1
                 self._fail_back(
                     env, Code.INVALID_ARGUMENT, f"hop limit {env.max_hops} exceeded at {self.name}"

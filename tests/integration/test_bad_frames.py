@@ -224,7 +224,7 @@ def test_forbidden_envelopes_get_an_error_response_and_change_nothing(tmp_path: 
             ),
             "malformed": (up(2, no_payload=True), Code.INVALID_ARGUMENT, "no payload"),
             "hop limit": (
-                up(3, hop_count=16, max_hops=16),
+                up(3, hop_count=17, max_hops=16),
                 Code.INVALID_ARGUMENT,
                 "hop limit 16 exceeded at parent",
             ),
