@@ -51,6 +51,18 @@ def _check_uuid(value: str) -> str:
     return value
 
 
+def _plain_action(action: str, response: Any) -> Any:
+    """A servicer method that runs ``action`` on ``request.uuid`` and answers ``response``."""
+
+    @rpc
+    async def method(self: ComputeServicer, request: Any, context: Context) -> Any:
+        instance, request_id = await self._act(request, context, action)
+        return response(instance=instance, request_id=request_id)
+
+    method.__name__ = f"{action}_instance"
+    return method
+
+
 class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
     """ComputeService over a running API :class:`~cellplane.service.Cell`."""
 
@@ -365,20 +377,6 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
         return compute_pb2.ResizeInstanceResponse(instance=instance, request_id=rid)
 
     @rpc
-    async def ConfirmResize(
-        self, request: compute_pb2.ConfirmResizeRequest, context: Context
-    ) -> compute_pb2.ConfirmResizeResponse:
-        instance, rid = await self._act(request, context, "confirm_resize")
-        return compute_pb2.ConfirmResizeResponse(instance=instance, request_id=rid)
-
-    @rpc
-    async def RevertResize(
-        self, request: compute_pb2.RevertResizeRequest, context: Context
-    ) -> compute_pb2.RevertResizeResponse:
-        instance, rid = await self._act(request, context, "revert_resize")
-        return compute_pb2.RevertResizeResponse(instance=instance, request_id=rid)
-
-    @rpc
     async def SnapshotInstance(
         self, request: compute_pb2.SnapshotInstanceRequest, context: Context
     ) -> compute_pb2.SnapshotInstanceResponse:
@@ -396,50 +394,15 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
             instance=instance, request_id=rid, image=codec.image_to_proto(image)
         )
 
-    async def _simple(self, request: Any, context: Context, action: str) -> tuple[Any, str]:
-        return await self._act(request, context, action)
-
-    @rpc
-    async def StartInstance(
-        self, request: compute_pb2.StartInstanceRequest, context: Context
-    ) -> compute_pb2.StartInstanceResponse:
-        instance, rid = await self._simple(request, context, "start")
-        return compute_pb2.StartInstanceResponse(instance=instance, request_id=rid)
-
-    @rpc
-    async def StopInstance(
-        self, request: compute_pb2.StopInstanceRequest, context: Context
-    ) -> compute_pb2.StopInstanceResponse:
-        instance, rid = await self._simple(request, context, "stop")
-        return compute_pb2.StopInstanceResponse(instance=instance, request_id=rid)
-
-    @rpc
-    async def PauseInstance(
-        self, request: compute_pb2.PauseInstanceRequest, context: Context
-    ) -> compute_pb2.PauseInstanceResponse:
-        instance, rid = await self._simple(request, context, "pause")
-        return compute_pb2.PauseInstanceResponse(instance=instance, request_id=rid)
-
-    @rpc
-    async def UnpauseInstance(
-        self, request: compute_pb2.UnpauseInstanceRequest, context: Context
-    ) -> compute_pb2.UnpauseInstanceResponse:
-        instance, rid = await self._simple(request, context, "unpause")
-        return compute_pb2.UnpauseInstanceResponse(instance=instance, request_id=rid)
-
-    @rpc
-    async def SuspendInstance(
-        self, request: compute_pb2.SuspendInstanceRequest, context: Context
-    ) -> compute_pb2.SuspendInstanceResponse:
-        instance, rid = await self._simple(request, context, "suspend")
-        return compute_pb2.SuspendInstanceResponse(instance=instance, request_id=rid)
-
-    @rpc
-    async def ResumeInstance(
-        self, request: compute_pb2.ResumeInstanceRequest, context: Context
-    ) -> compute_pb2.ResumeInstanceResponse:
-        instance, rid = await self._simple(request, context, "resume")
-        return compute_pb2.ResumeInstanceResponse(instance=instance, request_id=rid)
+    # Actions that take nothing but the instance: one method each, made from this table.
+    StartInstance = _plain_action("start", compute_pb2.StartInstanceResponse)
+    StopInstance = _plain_action("stop", compute_pb2.StopInstanceResponse)
+    PauseInstance = _plain_action("pause", compute_pb2.PauseInstanceResponse)
+    UnpauseInstance = _plain_action("unpause", compute_pb2.UnpauseInstanceResponse)
+    SuspendInstance = _plain_action("suspend", compute_pb2.SuspendInstanceResponse)
+    ResumeInstance = _plain_action("resume", compute_pb2.ResumeInstanceResponse)
+    ConfirmResize = _plain_action("confirm_resize", compute_pb2.ConfirmResizeResponse)
+    RevertResize = _plain_action("revert_resize", compute_pb2.RevertResizeResponse)
 
     # --- history, catalogue, watch -------------------------------------------------------
 
