@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import TypeAlias
 
@@ -24,9 +25,32 @@ DOWN = link_pb2.DIRECTION_DOWN
 PAYLOADS = frozenset(f.name for f in Envelope.DESCRIPTOR.oneofs_by_name["payload"].fields)
 
 
+_ID_BYTES = 16
+_IDS_PER_DRAW = 1024  # one os.urandom call serves this many ids (a syscall per id was
+# the largest single cost of sending an envelope)
+_random = b""
+_offset = 0
+_lock = threading.Lock()
+
+
 def new_id() -> str:
     """A random 128-bit envelope id in hex."""
-    return os.urandom(16).hex()
+    global _random, _offset
+    with _lock:
+        if _offset >= len(_random):
+            _random, _offset = os.urandom(_ID_BYTES * _IDS_PER_DRAW), 0
+        pool, start = _random, _offset
+        _offset = start + _ID_BYTES
+    return pool[start : start + _ID_BYTES].hex()
+
+
+def _forget_random() -> None:
+    """A forked child must never hand out the ids its parent will also use."""
+    global _random, _offset, _lock
+    _random, _offset, _lock = b"", 0, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_random)
 
 
 def now_ms() -> int:

@@ -34,13 +34,22 @@ def last(path: str) -> str:
     return path.rpartition(SEP)[2]
 
 
+_VALID: set[str] = set()  # paths already found valid: the same few recur on every envelope
+_VALID_MAX = 4096
+
+
 def validate(path: str, what: str = "path") -> str:
     """Return ``path`` if every hop is a valid cell name, else raise InvalidArgument."""
+    if path in _VALID:
+        return path
     if not path:
         raise InvalidArgument(f"{what} is empty")
     for hop in hops(path):
         if not CELL_NAME.match(hop):
             raise InvalidArgument(f"{what} {path!r}: {hop!r} is not a valid cell name")
+    if len(_VALID) >= _VALID_MAX:
+        _VALID.clear()
+    _VALID.add(path)
     return path
 
 

@@ -38,11 +38,16 @@ async def run_session(
         await _read_loop(channel, peer_epoch, read, receive, cursor_writer)
     finally:
         writer.cancel()
+        # Commit what was handled, unless the cursor writer is gone (its commit failed,
+        # or it was cancelled): then nothing will ever drain, and the unacked rest is
+        # sent again on the next connection.
+        drained = asyncio.ensure_future(cursor_writer.drain())
         try:
-            await cursor_writer.drain()
+            await asyncio.wait({drained, persister}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            drained.cancel()
             persister.cancel()
-        await asyncio.gather(writer, persister, return_exceptions=True)
+        await asyncio.gather(writer, persister, drained, return_exceptions=True)
 
 
 async def _read_loop(
