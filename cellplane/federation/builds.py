@@ -78,6 +78,15 @@ def spec_from_request(req: link_pb2.BuildRequest, *, is_admin: bool) -> RequestS
     )
 
 
+def _from_here(path: str, my_path: str) -> str:
+    """``path`` (from where ``my_path`` starts) as seen from this cell, if it lies at or
+    below this cell; other paths cannot match anything below and stay as they are."""
+    mine, hops = paths.hops(my_path), paths.hops(path)
+    if hops[: len(mine)] != mine:
+        return path
+    return paths.join(*hops[len(mine) - 1 :])
+
+
 class BuildCoordinator:
     """Handles ``build_request`` and ``instance_action`` envelopes in one cell."""
 
@@ -123,7 +132,7 @@ class BuildCoordinator:
         """Place ``req`` in this cell or below; raise NoValidHost when nothing fits."""
         tried = set(req.tried_cells)
         retries = self.config.scheduler.retries
-        last_error = "no cell was tried"
+        last_error = ""
         for _ in range(retries + 1):
             spec = spec_from_request(req, is_admin=is_admin)
             candidates = [c for c in self.candidates(my_path) if c.path not in tried]
@@ -132,7 +141,7 @@ class BuildCoordinator:
                     candidates, spec, default_cell_filters(), default_cell_weighers()
                 )
             except NoValidHost as exc:
-                raise NoValidHost(f"{exc}; {last_error}" if tried else str(exc)) from None
+                raise NoValidHost(f"{exc}; {last_error}" if last_error else str(exc)) from None
             best = ranked[0].candidate
             try:
                 if best.is_self:
@@ -188,8 +197,17 @@ class BuildCoordinator:
         timeout = deadline - time.time() - HOP_MARGIN
         if timeout <= 0:
             raise ResourceExhausted(f"no time left to try {child}")
+        # The child sees paths from this cell (the call starts here): the hints'
+        # paths below this cell must start here too, or a target two levels down
+        # would never match.
+        sub = link_pb2.BuildRequest()
+        sub.CopyFrom(req)
+        if req.hints.target_cell:
+            sub.hints.target_cell = _from_here(req.hints.target_cell, my_path)
+        sub.hints.different_cell[:] = [_from_here(p, my_path) for p in req.hints.different_cell]
+        sub.tried_cells[:] = [_from_here(p, my_path) for p in req.tried_cells]
         result = await self.router.call(
-            paths.join(self.name, child), envelopes.DOWN, timeout=timeout, build_request=req
+            paths.join(self.name, child), envelopes.DOWN, timeout=timeout, build_request=sub
         )
         if result.status.code != Code.OK:
             raise from_status(result.status.code, result.status.message)
