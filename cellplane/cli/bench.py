@@ -27,12 +27,47 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     links.add_argument("-n", type=int, default=200_000, help="envelopes to send")
     links.add_argument("--cells", type=int, default=50, help="cells for the broadcast test")
     links.add_argument("--rounds", type=int, default=50, help="broadcast round trips")
+    builds = what.add_parser("builds", help="instance builds through a three-level tree")
+    builds.add_argument("-n", type=int, default=2000, help="instances to build")
+    builds.add_argument("--batch", type=int, default=1, help="instances per CreateInstances call")
+    builds.add_argument("--concurrency", type=int, default=64, help="create calls in flight")
+    pushes = what.add_parser("pushes", help="instance state changes from leaf cells to the top")
+    pushes.add_argument("-n", type=int, default=100_000, help="changes to write in the leaves")
+    for parser in (builds, pushes):
+        parser.add_argument(
+            "--backend",
+            choices=["embedded", "rabbitmq-postgres", "both"],
+            default="both",
+            help="SQLite + memory://, RabbitMQ + PostgreSQL, or both (default)",
+        )
+        parser.add_argument(
+            "--layout",
+            choices=["one-process", "multi-process", "both"],
+            default="multi-process",
+            help="cells in this process, or each cell below the API cell in its own process",
+        )
 
 
 def run(opts: argparse.Namespace) -> int:
     """Run one benchmark and print its figures."""
     if opts.what == "amqp":
         rows = _amqp(opts)
+    elif opts.what in ("builds", "pushes"):
+        from cellplane.cli.logs import configure_logging
+        from cellplane.federation.bench_instances import BACKENDS, LAYOUTS, run_instance_bench
+
+        if getattr(opts, "log_level", "info") == "info":
+            # A line per build step would swamp the figures (and cost CPU in the run).
+            configure_logging(getattr(opts, "log_format", "console"), "warning")
+
+        rows = run_instance_bench(
+            opts.what,
+            opts.n,
+            list(BACKENDS) if opts.backend == "both" else [opts.backend],
+            list(LAYOUTS) if opts.layout == "both" else [opts.layout],
+            batch=getattr(opts, "batch", 1),
+            concurrency=getattr(opts, "concurrency", 64),
+        )
     else:
         from cellplane.federation.bench import run_link_bench
 

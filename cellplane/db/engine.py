@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,7 +17,61 @@ def create_engine(url: str) -> sa.Engine:
     engine = sa.create_engine(url)
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _configure_sqlite)
+        _WriterGate(DEFAULT_SQLITE_BUSY_TIMEOUT_MS / 1000).install(engine)
     return engine
+
+
+def writer_busy(engine: sa.Engine) -> bool:
+    """Whether a transaction of this process holds ``engine``'s SQLite writer gate."""
+    gate = _GATES.get(engine)
+    return gate is not None and gate.busy
+
+
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLAC")
+_HOLDS_GATE = "cellplane_holds_writer_gate"
+_GATES: weakref.WeakKeyDictionary[sa.Engine, _WriterGate] = weakref.WeakKeyDictionary()
+
+
+class _WriterGate:
+    """One writing transaction at a time per SQLite engine in this process.
+
+    SQLite has one writer; the others retry in its busy handler, which sleeps
+    and wakes with no order, so under load a thread can lose every retry until
+    its busy timeout ends in "database is locked" (seen with the outbox sender
+    beside busy compute threads). Threads of one process queue on a lock
+    instead, taken at a transaction's first write and given back at its end.
+    After the busy timeout a writer goes ahead without it, as it would have.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self._lock = threading.Lock()
+        self._timeout = timeout
+
+    @property
+    def busy(self) -> bool:
+        return self._lock.locked()
+
+    def install(self, engine: sa.Engine) -> None:
+        _GATES[engine] = self
+        sa.event.listen(engine, "before_cursor_execute", self._before_execute)
+        sa.event.listen(engine, "commit", self._release)
+        sa.event.listen(engine, "rollback", self._release)
+        # A connection going back to the pool never keeps the gate (e.g. invalidated).
+        sa.event.listen(engine.pool, "checkin", self._checkin)
+
+    def _before_execute(self, conn: sa.Connection, cursor: Any, statement: str, *args: Any) -> None:
+        info = conn.info
+        if _HOLDS_GATE in info or statement.lstrip()[:6].upper() not in _WRITES:
+            return
+        info[_HOLDS_GATE] = self._lock.acquire(timeout=self._timeout)
+
+    def _release(self, conn: sa.Connection) -> None:
+        if conn.info.pop(_HOLDS_GATE, False):
+            self._lock.release()
+
+    def _checkin(self, dbapi_connection: Any, record: Any) -> None:
+        if record is not None and record.info.pop(_HOLDS_GATE, False):
+            self._lock.release()
 
 
 def _configure_sqlite(dbapi_connection: Any, connection_record: Any) -> None:

@@ -120,6 +120,7 @@ class OutboxSender:
         self.neighbours = neighbours
         self.sessions = sessions
         self._queued_upto: dict[str, int] = {}  # parent -> highest outbox id put on its link
+        self._in_flight: dict[str, set[int]] = {}  # parent -> outbox ids sent, not yet acked
         self._acked: list[int] = []
         self._listening: set[str] = set()
         self._wake = asyncio.Event()
@@ -137,13 +138,26 @@ class OutboxSender:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), poll)
             self._wake.clear()
-            if self._acked:
-                acked, self._acked = self._acked, []
-                await asyncio.to_thread(self._delete, acked)
-            moved = 0
-            for channel in self.neighbours.parents():
-                moved += await self._fill(channel)
+            try:
+                moved = await self._step()
+            except Exception as exc:  # a database hiccup must not end state up for good
+                self.log.warning("outbox_send_failed", error=f"{type(exc).__name__}: {exc}")
+                poll = IDLE_POLL
+                continue
             poll = BUSY_POLL if moved or self._acked else min(IDLE_POLL, poll * 2)
+
+    async def _step(self) -> int:
+        if self._acked:
+            acked, self._acked = self._acked, []
+            try:
+                await asyncio.to_thread(self._delete, acked)
+            except BaseException:
+                self._acked = acked + self._acked  # delete them next time
+                raise
+        moved = 0
+        for channel in self.neighbours.parents():
+            moved += await self._fill(channel)
+        return moved
 
     async def _fill(self, channel: PeerChannel) -> int:
         if channel.peer not in self._listening:
@@ -152,6 +166,12 @@ class OutboxSender:
         room = MAX_IN_FLIGHT - channel.unacked
         if room <= 0:
             return 0
+        in_flight = self._in_flight.setdefault(channel.peer, set())
+        if not in_flight and not self._acked:
+            # Every row still here is unsent. On a server database ids are handed out
+            # at insert but become visible at commit, so a row may appear below what
+            # was queued already: with nothing in flight, look from the start again.
+            self._queued_upto[channel.peer] = 0
         after = self._queued_upto.get(channel.peer, 0)
         rows = await asyncio.to_thread(self._load, channel.peer, after, min(room, BATCH_ROWS))
         if not rows:
@@ -171,6 +191,7 @@ class OutboxSender:
             getattr(env, kind).MergeFromString(payload)
             batch.append(env)
         channel.send_many(batch)
+        in_flight.update(row[0] for row in rows)
         self._queued_upto[channel.peer] = rows[-1][0]
         self.sent += len(batch)
         return len(batch)
@@ -179,7 +200,10 @@ class OutboxSender:
         prefix = f"ob-{self.name}-"
         for env in done:
             if env.id.startswith(prefix):
-                self._acked.append(int(env.id[len(prefix) :]))
+                row_id = int(env.id[len(prefix) :])
+                self._acked.append(row_id)
+                for in_flight in self._in_flight.values():
+                    in_flight.discard(row_id)
         if self._acked:
             self._wake.set()
 
