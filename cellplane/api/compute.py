@@ -41,6 +41,8 @@ MAX_COUNT = 1000
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 WATCH_POLL = 0.05
+GAP_WAIT = 10.0
+MAX_GAPS = 1000
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,62}$")
 
@@ -49,6 +51,41 @@ def _check_uuid(value: str) -> str:
     if not _UUID.match(value):
         raise InvalidArgument(f"uuid {value!r} is not a UUID")
     return value
+
+
+class RevisionCursor:
+    """Where a watcher is in the change log.
+
+    Revisions are given out at insert and become visible at commit, so on
+    PostgreSQL a lower one can appear after a higher one: revisions skipped over
+    are asked for again for ``GAP_WAIT`` seconds before they count as never
+    committed (a rolled-back insert also leaves a gap).
+    """
+
+    def __init__(self, revision: int) -> None:
+        self.revision = revision
+        self.gaps: dict[int, float] = {}
+
+    def seen(self, revision: int, now: float) -> None:
+        """A change with ``revision`` was sent."""
+        if revision in self.gaps:
+            del self.gaps[revision]
+            return
+        if revision <= self.revision:
+            return
+        self.gaps.update(dict.fromkeys(range(self.revision + 1, revision), now))
+        self.revision = revision
+        while len(self.gaps) > MAX_GAPS:
+            del self.gaps[min(self.gaps)]
+
+    def expire(self, now: float) -> None:
+        """Stop waiting for gaps older than GAP_WAIT."""
+        for stale in [r for r, since in self.gaps.items() if now - since > GAP_WAIT]:
+            del self.gaps[stale]
+
+    def gap_list(self) -> list[int]:
+        """The skipped revisions still looked for."""
+        return sorted(self.gaps)
 
 
 def _plain_action(action: str, response: Any) -> Any:
@@ -498,10 +535,14 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
             revision = await asyncio.to_thread(self.view.last_revision)
         # Say at once that the watch is established, before the first change.
         await context.send_initial_metadata(())
+        cursor = RevisionCursor(revision)
         while True:
-            changes = await asyncio.to_thread(self.view.changes_after, revision, project)
+            cursor.expire(time.monotonic())
+            changes = await asyncio.to_thread(
+                self.view.changes_after, cursor.revision, project, gaps=cursor.gap_list()
+            )
             for change in changes:
-                revision = change.revision
+                cursor.seen(change.revision, time.monotonic())
                 instance = types_pb2.Instance.FromString(change.snapshot)
                 yield compute_pb2.WatchInstancesResponse(
                     revision=change.revision,

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -263,11 +263,19 @@ class ApiView:
                 image.size_bytes = int(row.flavor.get("root_gb", 1)) * 1024**3
 
     def changes_after(
-        self, revision: int, project_id: str | None, limit: int = 500
+        self,
+        revision: int,
+        project_id: str | None,
+        limit: int = 500,
+        gaps: Sequence[int] = (),
     ) -> list[InstanceChange]:
-        """Change log entries after ``revision``, each with the instance as it was then."""
+        """Change log entries after ``revision`` (and any of the revisions in ``gaps``),
+        each with the instance as it was then."""
         with self.sessions() as session:
-            query = select(InstanceChange).where(InstanceChange.revision > revision)
+            newer = InstanceChange.revision > revision
+            query = select(InstanceChange).where(
+                or_(newer, InstanceChange.revision.in_(gaps)) if gaps else newer
+            )
             if project_id is not None:
                 query = query.where(InstanceChange.project_id == project_id)
             return list(
