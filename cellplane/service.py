@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import enum
 import os
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,20 @@ from cellplane.v1 import (
 )
 
 HEALTH_INTERVAL = 5.0
+# Threads for blocking work (database, local RPC) of the cells in one event loop.
+# asyncio's default (cores + 4) is too few: a build holds one for a whole
+# scheduler call.
+BLOCKING_THREADS = 32
+_PREPARED_LOOPS: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
+def _prepare_loop() -> None:
+    loop = asyncio.get_running_loop()
+    if loop not in _PREPARED_LOOPS:
+        loop.set_default_executor(
+            ThreadPoolExecutor(max_workers=BLOCKING_THREADS, thread_name_prefix="cellplane")
+        )
+        _PREPARED_LOOPS.add(loop)
 
 
 class _Phase(enum.Enum):
@@ -81,6 +97,7 @@ class Cell:
         if self._phase is not _Phase.NEW:
             raise RuntimeError(f"cell {self.name} was already started")
         self._phase = _Phase.RUNNING
+        _prepare_loop()
         cfg = self.config
         _make_sqlite_dir(cfg.database_url)
         await asyncio.to_thread(db.upgrade, cfg.database_url)
