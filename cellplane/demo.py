@@ -12,7 +12,7 @@ All cells run in one process on SQLite files in a data directory and kombu
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cellplane.config import (
@@ -103,6 +103,4 @@ def demo_configs(
 def with_parent(cell: DemoCell, address: str) -> CellConfig:
     """``cell``'s config dialling its parent at ``address``."""
     assert cell.parent is not None
-    from dataclasses import replace
-
     return replace(cell.config, parents=(ParentConfig(cell.parent, address),))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from sqlalchemy import select
 
 from cellplane.api.auth import Authenticator
 from cellplane.api.status import rpc
@@ -76,8 +78,6 @@ class CellsServicer(cells_pb2_grpc.CellsServiceServicer):
         return out
 
     def _rows(self) -> list[CellRow]:
-        from sqlalchemy import select
-
         with self.cell.sessions() as session:
             return list(session.scalars(select(CellRow).order_by(CellRow.relation, CellRow.name)))
 
@@ -238,8 +238,6 @@ class CellsServicer(cells_pb2_grpc.CellsServiceServicer):
         nodes = {r.cell_path: r.node for r in results if r.answered and r.HasField("node")}
         root = nodes.get(cell.name)
         if root is None:
-            import asyncio
-
             root = await asyncio.to_thread(
                 own_node, cell.name, cell.neighbours.children(), cell.state
             )

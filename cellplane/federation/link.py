@@ -24,7 +24,7 @@ from cellplane.federation.channel import LinkState, PeerChannel, Relation
 from cellplane.federation.cursors import CursorStore, CursorWriter
 from cellplane.federation.neighbours import Neighbours
 from cellplane.federation.session import Receive, run_session
-from cellplane.v1 import link_pb2, link_pb2_grpc, types_pb2
+from cellplane.v1 import link_pb2, link_pb2_grpc
 
 PROTOCOL_VERSION = 1
 _EOF = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
@@ -336,4 +336,4 @@ def _grpc_code(code: Code) -> grpc.StatusCode:
 
 _GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
-__all__ = ["LinkEndpoint", "LinkServicer", "ParentDialer", "types_pb2"]
+__all__ = ["LinkEndpoint", "LinkServicer", "ParentDialer"]

@@ -17,12 +17,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import structlog
+from google.protobuf.json_format import MessageToDict, ParseDict
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from cellplane.db.models import Cell, ComputeNode, Flavor
-from cellplane.federation import envelopes, paths
+from cellplane.db.models import Cell, ComputeNode, Flavor, utcnow
+from cellplane.federation import paths
 from cellplane.federation.dispatch import Delivery
 from cellplane.federation.neighbours import Neighbours
 from cellplane.v1 import link_pb2, types_pb2
@@ -245,22 +246,16 @@ def _store(session: Session, child: str, **values: object) -> None:
         return
     for key, value in values.items():
         setattr(row, key, value)
-    from cellplane.db.models import utcnow
-
     row.last_seen = utcnow()
 
 
 def _capacity_dict(cap: types_pb2.Capacity) -> dict[str, object]:
-    from google.protobuf.json_format import MessageToDict
-
     return MessageToDict(cap, preserving_proto_field_name=True)
 
 
 def capacity_from_dict(data: dict[str, object]) -> types_pb2.Capacity:
     """Rebuild a stored capacity."""
-    from google.protobuf.json_format import ParseDict
-
     return ParseDict(data or {}, types_pb2.Capacity(), ignore_unknown_fields=True)
 
 
-__all__ = ["ChildReport", "StateManager", "envelopes"]
+__all__ = ["ChildReport", "StateManager"]
