@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from sqlalchemy import make_url, select, text
 
 from cellplane import catalog, db
+from cellplane.amqp import connect
 from cellplane.api.auth import Authenticator
 from cellplane.api.cells import CellsServicer
 from cellplane.api.compute import ComputeServicer
@@ -266,8 +267,6 @@ class Cell:
             return False
 
     def _broker_reachable(self) -> bool:
-        from cellplane.amqp import connect
-
         try:
             with connect(self.config.transport_url) as conn:
                 conn.ensure_connection(max_retries=1, timeout=2)

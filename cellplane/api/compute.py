@@ -18,7 +18,7 @@ import grpc
 from sqlalchemy import select
 
 from cellplane.api.auth import Authenticator, Caller
-from cellplane.api.status import rpc
+from cellplane.api.status import grpc_code, rpc
 from cellplane.api.view import ApiView, NewInstance
 from cellplane.compute import states
 from cellplane.db.models import Flavor, Image, Instance
@@ -522,8 +522,6 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
         try:
             caller = self.auth.caller(context)
         except CellplaneError as exc:
-            from cellplane.api.status import grpc_code
-
             await context.abort(grpc_code(exc.code), str(exc))
             return
         project = (request.project_id or None) if caller.is_admin else caller.project_id

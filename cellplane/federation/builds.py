@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cellplane.amqp import RpcClient
 from cellplane.compute import states
+from cellplane.compute.actions import begin_action
 from cellplane.config import CellConfig
 from cellplane.db.instances import InstanceChanges, start_action
 from cellplane.db.models import Instance
@@ -281,8 +282,6 @@ class BuildCoordinator:
             params["flavor"] = codec.flavor_snapshot(action.flavor)
         if action.snapshot_name:
             params["snapshot_name"] = action.snapshot_name
-
-        from cellplane.compute.actions import begin_action
 
         def begin() -> tuple[types_pb2.Instance, str | None]:
             with self.sessions.begin() as session:
