@@ -418,7 +418,7 @@ class Cell:
         self.outbox_sender = OutboxSender(self.name, self.neighbours, self.sessions)
         self.api_view = ApiView(self.sessions) if is_api else None
         self.pushes = PushReceiver(
-            self.name, self.outbox, self.api_view.after_push if self.api_view else None
+            self.name, self.outbox, self.api_view.after_pushes if self.api_view else None
         )
         self.pushes.register(self.handlers)
         self.builds = BuildCoordinator(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from cellplane.db.models import (
@@ -31,6 +31,16 @@ def _no_push(session: Session, instance: Instance, kind: str, fault: InstanceFau
     del session, instance, kind, fault
 
 
+# Built once: these run for every change an owning cell makes.
+_LIVE = select(Instance).where(Instance.uuid == bindparam("uuid"), Instance.deleted.is_(False))
+_LIVE_FOR_UPDATE = _LIVE.with_for_update()
+_TAKE_WRITE_LOCK = (
+    update(Instance)
+    .where(Instance.uuid == bindparam("b_uuid"))
+    .values(version=Instance.version, updated_at=Instance.updated_at)
+)
+
+
 class InstanceChanges:
     """Versioned changes to instance rows in their owning cell."""
 
@@ -39,18 +49,17 @@ class InstanceChanges:
 
     def get(self, session: Session, uuid: str, *, for_update: bool = False) -> Instance:
         """The live instance ``uuid`` (InstanceNotFound if missing or deleted)."""
-        query = select(Instance).where(Instance.uuid == uuid, Instance.deleted.is_(False))
+        query = _LIVE
         if for_update:
-            query = query.with_for_update()
+            query = _LIVE_FOR_UPDATE
             if session.get_bind().dialect.name == "sqlite":
-                # SQLite ignores FOR UPDATE and pysqlite reads outside the transaction:
-                # a no-op write takes the write lock first, so no concurrent change is lost.
-                session.connection().execute(
-                    update(Instance)
-                    .where(Instance.uuid == uuid)
-                    .values(version=Instance.version, updated_at=Instance.updated_at)
-                )
-        instance = session.scalar(query)
+                # SQLite ignores FOR UPDATE and pysqlite reads outside the transaction
+                # until its first write: a no-op write takes the write lock first, so no
+                # concurrent change is lost (once per transaction: then the lock is held).
+                connection = session.connection()
+                if not connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+                    connection.execute(_TAKE_WRITE_LOCK, {"b_uuid": uuid})
+        instance = session.scalar(query, {"uuid": uuid})
         if instance is None:
             raise InstanceNotFound(f"instance {uuid} not found")
         return instance

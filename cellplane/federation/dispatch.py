@@ -18,7 +18,10 @@ DbWork = Callable[[Session], None]
 @dataclass
 class Delivery:
     """One envelope being handled here: where this cell sits on its route, and
-    database work to commit together with the link cursor (exactly-once effects)."""
+    database work to commit together with the link cursor (exactly-once effects).
+
+    In line with a link, ``db_work`` is the work list of the whole received batch:
+    a handler may add to the last piece of work there instead of adding its own."""
 
     envelope: link_pb2.Envelope
     path: str

@@ -13,14 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import structlog
-from sqlalchemy import delete, select
+from sqlalchemy import Table, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cellplane.db.models import Instance, InstanceChange, InstanceFault, OutboxEntry, utcnow
-from cellplane.federation import codec, envelopes, paths
+from cellplane.federation import codec, envelopes, paths, pushes
 from cellplane.federation.channel import PeerChannel
 from cellplane.federation.dispatch import Delivery
 from cellplane.federation.neighbours import Neighbours
@@ -30,6 +30,7 @@ MAX_IN_FLIGHT = 20_000  # unacked pushes per parent before the sender waits
 BATCH_ROWS = 2_000
 IDLE_POLL = 0.5
 BUSY_POLL = 0.005
+_INSERT_OUTBOX = cast(Table, OutboxEntry.__table__).insert()
 _PAYLOAD_OF_KIND = {
     "update": "instance_update",
     "destroy": "instance_destroyed",
@@ -100,16 +101,23 @@ class Outbox:
         if not peers:
             return
         payload_field, payload = encode_push(instance, kind, fault)
-        for peer in peers:
-            session.add(
-                OutboxEntry(
-                    peer=peer,
-                    kind=payload_field,
-                    instance_uuid=instance.uuid,
-                    version=instance.version,
-                    payload=payload,
-                )
-            )
+        # A plain INSERT now rather than an ORM object flushed later: this runs for
+        # every change, and the unit of work cost several times as much.
+        now = utcnow()
+        session.execute(
+            _INSERT_OUTBOX,
+            [
+                {
+                    "peer": peer,
+                    "kind": payload_field,
+                    "instance_uuid": instance.uuid,
+                    "version": instance.version,
+                    "payload": payload,
+                    "created_at": now,
+                }
+                for peer in peers
+            ],
+        )
 
 
 class OutboxSender:
@@ -230,14 +238,31 @@ class OutboxSender:
             return len(session.scalars(select(OutboxEntry.id)).all())
 
 
+class _PushBatch:
+    """The pushes of one frame, applied together as one piece of database work."""
+
+    __slots__ = ("pushes", "receiver")
+
+    def __init__(self, receiver: PushReceiver) -> None:
+        self.receiver = receiver
+        self.pushes: list[pushes.Push] = []
+
+    def __call__(self, session: Session) -> None:
+        self.receiver.apply_many(session, self.pushes)
+
+
 class PushReceiver:
-    """A parent's side of state up: applies pushes from children if they are newer."""
+    """A parent's side of state up: applies pushes from children if they are newer.
+
+    The pushes of one frame share one piece of database work (see
+    :mod:`cellplane.federation.pushes`), committed with the link cursor.
+    """
 
     def __init__(
         self,
         name: str,
         outbox: Outbox,
-        after_apply: Callable[[Session, Instance], None] | None = None,
+        after_apply: pushes.AfterApply | None = None,
     ) -> None:
         self.name = name
         self.outbox = outbox
@@ -253,73 +278,42 @@ class PushReceiver:
 
     def on_update(self, env: link_pb2.Envelope, delivery: Delivery) -> None:
         """A child's new copy of an instance."""
-        msg = env.instance_update.instance
-        delivery.db_work.append(lambda session: self.apply_update(session, msg))
+        wrapper = env.instance_update
+        self._queue(delivery, (pushes.UPDATE, wrapper.instance, wrapper))
 
     def on_destroyed(self, env: link_pb2.Envelope, delivery: Delivery) -> None:
         """An instance is gone below."""
-        msg = env.instance_destroyed
-        delivery.db_work.append(lambda session: self.apply_destroyed(session, msg))
+        self._queue(delivery, (pushes.DESTROY, env.instance_destroyed, None))
 
     def on_fault(self, env: link_pb2.Envelope, delivery: Delivery) -> None:
         """A fault below."""
-        msg = env.instance_fault
-        delivery.db_work.append(lambda session: self.apply_fault(session, msg))
+        self._queue(delivery, (pushes.FAULT, env.instance_fault, None))
+
+    def _queue(self, delivery: Delivery, push: pushes.Push) -> None:
+        # Pushes next to each other in a frame join one batch (in their order).
+        work = delivery.db_work
+        last = work[-1] if work else None
+        if isinstance(last, _PushBatch) and last.receiver is self:
+            last.pushes.append(push)
+            return
+        batch = _PushBatch(self)
+        batch.pushes.append(push)
+        work.append(batch)
+
+    def apply_many(self, session: Session, batch: list[pushes.Push]) -> None:
+        """Apply ``batch`` (in order) in ``session``'s transaction."""
+        counts = pushes.apply_pushes(session, self.name, self.outbox, batch, self.after_apply)
+        self.applied += counts.applied
+        self.stale += counts.stale
 
     def apply_update(self, session: Session, msg: Any) -> None:
         """Upsert ``msg`` (a types_pb2.Instance) if it is newer than our copy."""
-        row = session.scalar(select(Instance).where(Instance.uuid == msg.uuid))
-        if row is not None and row.version >= msg.version:
-            self.stale += 1
-            return
-        fields = codec.instance_fields(msg)
-        fields["cell_path"] = paths.join(self.name, msg.cell_path)
-        if row is None:
-            row = Instance(uuid=msg.uuid, **fields)
-            session.add(row)
-        else:
-            for key, value in fields.items():
-                setattr(row, key, value)
-        session.flush()
-        self.applied += 1
-        self.outbox.record(session, row, "update", None)
-        if self.after_apply is not None:
-            self.after_apply(session, row)
+        self.apply_many(session, [(pushes.UPDATE, msg, None)])
 
     def apply_destroyed(self, session: Session, msg: Any) -> None:
-        """Mark the instance deleted if the push is newer."""
-        row = session.scalar(select(Instance).where(Instance.uuid == msg.instance_uuid))
-        if row is None or row.version >= msg.version:
-            self.stale += 1
-            return
-        now = utcnow()
-        row.deleted, row.deleted_at, row.terminated_at = True, now, now
-        row.vm_state, row.task_state, row.version = "deleted", None, msg.version
-        session.flush()
-        self.applied += 1
-        self.outbox.record(session, row, "destroy", None)
+        """Mark the instance deleted if the push (an InstanceDestroyed) is newer."""
+        self.apply_many(session, [(pushes.DESTROY, msg, None)])
 
     def apply_fault(self, session: Session, msg: Any) -> None:
-        """Keep the fault (once) and pass it on."""
-        exists = session.scalar(
-            select(InstanceFault.id).where(
-                InstanceFault.instance_uuid == msg.instance_uuid,
-                InstanceFault.message == msg.fault.message,
-                InstanceFault.code == msg.fault.code,
-            )
-        )
-        row = session.scalar(select(Instance).where(Instance.uuid == msg.instance_uuid))
-        if exists is not None or row is None:
-            self.stale += 1
-            return
-        fault = InstanceFault(
-            instance_uuid=msg.instance_uuid,
-            code=msg.fault.code,
-            message=msg.fault.message,
-            details=msg.fault.details,
-            host=msg.fault.host or None,
-        )
-        session.add(fault)
-        session.flush()
-        self.applied += 1
-        self.outbox.push(session, row, "fault", fault)
+        """Keep the fault (an InstanceFaultReport) once and pass it on."""
+        self.apply_many(session, [(pushes.FAULT, msg, None)])

@@ -282,16 +282,17 @@ class Router:
         if registration is None:
             self._fail_back(env, Code.UNIMPLEMENTED, f"{self.name} cannot handle {payload}")
             return
-        delivery = Delivery(env, env.routing_path)
         if registration.inline is not None and not env.need_response and work is not None:
+            # Inline handlers add to the batch's own work list: the handlers of one
+            # frame may share one piece of work (pushes are applied a frame at a time).
+            queued = len(work)
             try:
-                registration.inline(env, delivery)
+                registration.inline(env, Delivery(env, env.routing_path, work))
             except CellplaneError as exc:
+                del work[queued:]
                 self.log.warning("handler_failed", payload=payload, reason=str(exc))
-                return
-            work.extend(delivery.db_work)
             return
-        self._spawn(self._answer(env, delivery))
+        self._spawn(self._answer(env, Delivery(env, env.routing_path)))
 
     async def _run_handler(self, env: Envelope, delivery: Delivery) -> CellResult:
         registration = self.handlers.get(env.WhichOneof("payload") or "")
