@@ -232,11 +232,6 @@ class OutboxSender:
                     delete(OutboxEntry).where(OutboxEntry.id.in_(ids[start : start + 500]))
                 )
 
-    def pending(self) -> int:
-        """Rows still in the outbox (for tests and the benchmark)."""
-        with self.sessions() as session:
-            return len(session.scalars(select(OutboxEntry.id)).all())
-
 
 class _PushBatch:
     """The pushes of one frame, applied together as one piece of database work."""

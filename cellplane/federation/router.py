@@ -126,14 +126,6 @@ class Router:
         self._first_sight(env.id)
         return await self._broadcast_here(env, run_locally)
 
-    def broadcast_nowait(self, direction: envelopes.Dir, **payload: Any) -> None:
-        """Send to every cell up or down, expecting no answer."""
-        env = self._new(envelopes.BROADCAST, direction, "", False)
-        _set_payload(env, payload)
-        self._first_sight(env.id)
-        for channel in self._next_channels(direction):
-            self._forward(env, channel, copy=True)
-
     # --- receiving -----------------------------------------------------------------
 
     async def receive(
