@@ -135,6 +135,11 @@ class OutboxSender:
         self.sent = 0
         self.log = structlog.get_logger().bind(cell=name)
 
+    def pending(self) -> int:
+        """Rows still in the outbox, for every parent."""
+        with self.sessions() as session:
+            return len(session.scalars(select(OutboxEntry.id)).all())
+
     def wake(self) -> None:
         """Look at the outbox now (call from the event loop)."""
         self._wake.set()
