@@ -200,6 +200,11 @@ def _roles(key: str, raw: object) -> tuple[str, ...]:
     unknown = [r for r in raw if r not in ROLES]
     if unknown:
         raise ConfigError(key, f"unknown role(s) {unknown}; known: {', '.join(ROLES)}")
+    if "api" in raw and "cells" not in raw:
+        raise ConfigError(
+            key,
+            "the api role reaches other cells through the cells role: run them in the same process",
+        )
     return tuple(dict.fromkeys(str(r) for r in raw))
 
 

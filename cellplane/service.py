@@ -142,15 +142,17 @@ class Cell:
             LocalRoles.start, cfg, self.sessions, self.changes
         )
         self.link_servicer = LinkServicer(self.endpoint)
-        await self._serve()
-        for channel in self.neighbours.parents():
-            self._start_dialer(channel)
-        self._tasks.append(asyncio.create_task(self.state.run(), name=f"{self.name}-reports"))
-        self._tasks.append(
-            asyncio.create_task(self.outbox_sender.run(), name=f"{self.name}-outbox")
-        )
-        self._tasks.append(asyncio.create_task(self.sync.run(), name=f"{self.name}-sync"))
-        self._tasks.append(asyncio.create_task(self._watch_health(), name=f"{self.name}-health"))
+        if self.runs_links:
+            await self._serve()
+            for channel in self.neighbours.parents():
+                self._start_dialer(channel)
+            for name, run in (
+                ("reports", self.state.run),
+                ("outbox", self.outbox_sender.run),
+                ("sync", self.sync.run),
+                ("health", self._watch_health),
+            ):
+                self._tasks.append(asyncio.create_task(run(), name=f"{self.name}-{name}"))
         self.log.info(
             "cell_started",
             address=self.address,
@@ -186,6 +188,13 @@ class Cell:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    @property
+    def runs_links(self) -> bool:
+        """Whether this process runs the ``cells`` role: links, reports, pushes up and
+        the gRPC server. Without it, only the roles on local RPC run here; their
+        changes wait in the cell's outbox for the process that has it."""
+        return "cells" in self.config.roles
 
     @property
     def address(self) -> str:

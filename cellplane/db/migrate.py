@@ -6,7 +6,9 @@ The alembic scripts live in the repository's ``migrations/`` directory; no
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import fcntl
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,14 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
+from sqlalchemy import make_url, text
 
 import cellplane
 from cellplane.db.engine import create_engine
 from cellplane.db.models import Base
+
+# Any fixed number: the PostgreSQL advisory lock that one migrating process holds.
+MIGRATION_LOCK_KEY = 0x63656C6C706C616E  # 'cellplan'
 
 MIGRATIONS_DIR = Path(cellplane.__file__).resolve().parent.parent / "migrations"
 
@@ -72,18 +78,41 @@ def check(url: str) -> list[Any]:
 def _with_config(url: str, run: Callable[[Config], None]) -> None:
     engine = create_engine(url)
     try:
-        with engine.connect() as connection:
+        with _one_migrator(url), engine.connect() as connection:
             if connection.dialect.name == "sqlite":
                 # Batch mode rebuilds a table by dropping it; with foreign keys on, that
                 # drop would cascade into the rows of child tables.
                 connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
                 connection.commit()
             with connection.begin():
+                if connection.dialect.name == "postgresql":
+                    # Processes of one cell may start together: one migrates, the
+                    # others wait here and then find the schema at head.
+                    connection.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                    )
                 config = _config(url)
                 config.attributes["connection"] = connection
                 run(config)
     finally:
         engine.dispose()
+
+
+@contextlib.contextmanager
+def _one_migrator(url: str) -> Iterator[None]:
+    """For a SQLite file, hold an exclusive lock on ``<file>.migrate-lock`` while
+    migrating, so that processes sharing the file never migrate at once."""
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or database in (None, "", ":memory:"):
+        yield
+        return
+    with open(f"{database}.migrate-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _config(url: str) -> Config:

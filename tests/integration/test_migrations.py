@@ -56,3 +56,22 @@ def test_check_reports_a_model_without_migration(database_url: str) -> None:
     differences = migrate.check(database_url)
 
     assert [diff[0] for diff in differences] == ["add_index"]
+
+
+def _upgrade_concurrently(url: str, workers: int = 4) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        for future in [pool.submit(migrate.upgrade, url) for _ in range(workers)]:
+            future.result()  # the processes of one cell start together: none may fail
+
+
+def test_concurrent_upgrades_of_one_sqlite_file_all_succeed(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    _upgrade_concurrently(url)
+    assert migrate.check(url) == []
+
+
+def test_concurrent_upgrades_on_postgresql_all_succeed(postgres_url: str) -> None:
+    _upgrade_concurrently(postgres_url)
+    assert migrate.check(postgres_url) == []
