@@ -120,3 +120,10 @@ def test_invalid_role_tables_are_refused(tmp_path: Path, extra: str, key: str) -
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, GOOD + "\n" + extra), env={})
     assert info.value.key == key
+
+
+def test_the_api_role_needs_the_cells_role(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, GOOD), env={"CELLPLANE_ROLES": "api"})
+    assert info.value.key == "CELLPLANE_ROLES"
+    assert "cells role" in str(info.value)
