@@ -7,6 +7,7 @@ images live at the top. Both are written only into an empty table.
 from __future__ import annotations
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cellplane.db.models import Flavor, Image
@@ -30,7 +31,18 @@ DEFAULT_IMAGES: tuple[tuple[str, str, int, dict[str, str]], ...] = (
 
 
 def seed(sessions: sessionmaker[Session], *, images: bool) -> None:
-    """Write the default flavors (and images) into empty tables."""
+    """Write the default flavors (and images) into empty tables.
+
+    Processes of one cell may start together: whichever seeds first wins, and
+    the others find the rows there.
+    """
+    try:
+        _seed(sessions, images=images)
+    except IntegrityError:
+        _seed(sessions, images=images)
+
+
+def _seed(sessions: sessionmaker[Session], *, images: bool) -> None:
     with sessions.begin() as session:
         if not session.scalar(select(func.count()).select_from(Flavor)):
             for flavor_id, name, vcpus, ram, disk in DEFAULT_FLAVORS:

@@ -20,6 +20,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sqlalchemy import make_url, select, text
+from sqlalchemy.exc import IntegrityError
 
 from cellplane import catalog, db
 from cellplane.amqp import connect
@@ -288,6 +289,15 @@ class Cell:
     def _seed_neighbours(self) -> None:
         """Write the configured neighbours to the DB (the file wins for those it names);
         neighbours added through the API stay there too. Then adopt all of them."""
+        try:
+            self._write_configured_neighbours()
+        except IntegrityError:  # another process of this cell wrote them first
+            self._write_configured_neighbours()
+        with self.sessions() as session:
+            for row in session.scalars(select(CellRow)):
+                self._adopt(row)
+
+    def _write_configured_neighbours(self) -> None:
         cfg = self.config
         configured = [("parent", p.name, p.address, p.tls_identity) for p in cfg.parents]
         configured += [("child", c.name, "", c.tls_identity) for c in cfg.children]
@@ -307,9 +317,6 @@ class Cell:
                 else:
                     row.relation, row.address = relation, address
                     row.tls_identity = identity or row.tls_identity
-        with self.sessions() as session:
-            for row in session.scalars(select(CellRow)):
-                self._adopt(row)
 
     def _adopt(self, row: CellRow) -> PeerChannel:
         relation = Relation(row.relation)

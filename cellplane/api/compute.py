@@ -132,27 +132,31 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
             len(k) > 255 or len(v) > 255 for k, v in request.metadata.items()
         ):
             raise InvalidArgument("metadata: at most 128 items of at most 255 characters")
-        flavor, image = await asyncio.to_thread(self._flavor_and_image, request)
         request_id = f"req-{uuidlib.uuid4()}"
         names = [request.name] if count == 1 else [f"{request.name}-{i + 1}" for i in range(count)]
-        new = [
-            NewInstance(
-                name=n,
-                project_id=caller.project_id,
-                user_id=caller.user_id,
-                flavor=codec.flavor_snapshot(codec.flavor_to_proto(flavor)),
-                image_id=image.uuid,
-                availability_zone=request.availability_zone or None,
-                metadata=dict(request.metadata),
+
+        def create() -> tuple[Flavor, Image, list[Instance], bool]:  # one thread hop
+            flavor, image = self._flavor_and_image(request)
+            new = [
+                NewInstance(
+                    name=n,
+                    project_id=caller.project_id,
+                    user_id=caller.user_id,
+                    flavor=codec.flavor_snapshot(codec.flavor_to_proto(flavor)),
+                    image_id=image.uuid,
+                    availability_zone=request.availability_zone or None,
+                    metadata=dict(request.metadata),
+                )
+                for n in names
+            ]
+            rows, created = self.view.create(
+                caller.project_id, request.idempotency_key, request_id, new
             )
-            for n in names
-        ]
-        rows, created = await asyncio.to_thread(
-            self.view.create, caller.project_id, request.idempotency_key, request_id, new
-        )
+            return flavor, image, rows, created
+
+        flavor, image, rows, created = await asyncio.to_thread(create)
         if created:
-            await self._schedule(rows, flavor, image, request, request_id, caller)
-            rows = await asyncio.to_thread(self.view.get_many, [r.uuid for r in rows])
+            rows = await self._schedule(rows, flavor, image, request, request_id, caller)
         return compute_pb2.CreateInstancesResponse(
             instances=[self._to_proto(r) for r in rows], request_id=request_id
         )
@@ -184,7 +188,8 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
         request: compute_pb2.CreateInstancesRequest,
         request_id: str,
         caller: Caller,
-    ) -> None:
+    ) -> list[Instance]:
+        """Send the build down; the instances as the view holds them afterwards."""
         build = link_pb2.BuildRequest(
             instances=[self._to_proto(r) for r in rows],
             flavor=codec.flavor_to_proto(flavor),
@@ -216,8 +221,13 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
             await asyncio.to_thread(
                 self.view.failed, uuids, int(exc.code), f"No valid host was found: {exc}"
             )
-            return
-        await asyncio.to_thread(self.view.placed, uuids, accepted.cell_path)
+            return await asyncio.to_thread(self.view.get_many, uuids)
+
+        def placed() -> list[Instance]:  # one thread hop for both
+            self.view.placed(uuids, accepted.cell_path)
+            return self.view.get_many(uuids)
+
+        return await asyncio.to_thread(placed)
 
     # --- reading ---------------------------------------------------------------------
 

@@ -143,6 +143,12 @@ class ApiView:
 
     def placed(self, uuids: Sequence[str], cell_path: str) -> None:
         """Remember where a build went, unless a push already said more."""
+        with self.sessions() as session:  # pushes usually come first: then no write
+            known = session.scalars(
+                select(Instance.uuid).where(Instance.uuid.in_(uuids), Instance.cell_path != "")
+            ).all()
+        if len(set(known)) >= len(set(uuids)):
+            return
         with self.sessions.begin() as session:
             for row in session.scalars(select(Instance).where(Instance.uuid.in_(uuids))):
                 if not row.cell_path:

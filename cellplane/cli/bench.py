@@ -33,6 +33,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     builds.add_argument("--concurrency", type=int, default=64, help="create calls in flight")
     pushes = what.add_parser("pushes", help="instance state changes from leaf cells to the top")
     pushes.add_argument("-n", type=int, default=100_000, help="changes to write in the leaves")
+    pushes.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="changes per InstanceChanges call in the leaves (1: one update() each)",
+    )
     for parser in (builds, pushes):
         parser.add_argument(
             "--backend",

@@ -75,7 +75,10 @@ class ComputeManager:
     ) -> dict[str, Any]:
         """Allocate the instance's IPs and spawn it; it ends ``active`` or ``error``."""
         uuid, host = instance_uuid, self.host.name
-        with self._sessions.begin() as session:
+        # A read first: an instance created here for this host (as the build coordinator
+        # does) needs no networking transaction of its own; the networking transition is
+        # committed with the spawning one (one version less, the same final states).
+        with self._sessions() as session:
             try:
                 instance = self._changes.get(session, uuid)
             except InstanceNotFound:
@@ -84,16 +87,20 @@ class ComputeManager:
             if instance.vm_state != states.BUILDING:  # a redelivered cast: already done
                 self._log.info("build_skipped", instance=uuid, vm_state=instance.vm_state)
                 return self._summary(instance)
-            instance = self._changes.update(
-                session, uuid, task_state=states.NETWORKING, host=host, node=host,
-                availability_zone=instance.availability_zone or self.host.availability_zone,
-            )  # fmt: skip
             flavor, image_id = dict(instance.flavor), instance.image_id
+            zone = instance.availability_zone or self.host.availability_zone
             if image_properties is None:
                 image_properties = steps.image_properties(session, image_id)
+        if instance.host != host:  # not placed here yet: take it before anything can fail
+            self._host.update(
+                uuid, task_state=states.NETWORKING, host=host, node=host, availability_zone=zone
+            )
         try:
             addresses = self._network.allocate_for_instance(uuid)
-            self._host.update(uuid, addresses=addresses, task_state=states.SPAWNING)
+            self._host.update(
+                uuid, addresses=addresses, task_state=states.SPAWNING, host=host, node=host,
+                availability_zone=zone,
+            )  # fmt: skip
             if uuid not in self._driver.list_instances():  # else spawned before a redelivery
                 self._driver.spawn(uuid, flavor, image_id, image_properties)
             with self._sessions.begin() as session:

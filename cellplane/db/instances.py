@@ -3,15 +3,17 @@
 Every change bumps the instance's ``version`` and calls ``on_change`` in the same
 transaction, which is where the federation layer writes the outbox rows that
 carry the change to every parent. Callers pass the session whose transaction
-they commit.
+they commit. :meth:`InstanceChanges.update_many` makes several changes in a few
+statements (one UPDATE per run of alike changes, one read back, one INSERT of
+outbox rows), for callers that change several instances in one transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, cast
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from cellplane.db.models import (
@@ -25,6 +27,9 @@ from cellplane.errors import InstanceNotFound
 
 # on_change(session, instance, kind, fault) with kind "update", "destroy" or "fault"
 OnChange = Callable[[Session, Instance, str, InstanceFault | None], None]
+# on_updates(session, instances): the same as on_change(session, i, "update", None) for
+# each of ``instances`` in order, in one go (see InstanceChanges.update_many).
+OnUpdates = Callable[[Session, list[Instance]], None]
 
 
 def _no_push(session: Session, instance: Instance, kind: str, fault: InstanceFault | None) -> None:
@@ -39,13 +44,67 @@ _TAKE_WRITE_LOCK = (
     .where(Instance.uuid == bindparam("b_uuid"))
     .values(version=Instance.version, updated_at=Instance.updated_at)
 )
+_INSTANCES = cast(Table, Instance.__table__)
+_COLUMN_OF = {attr.key: attr.columns[0].name for attr in Instance.__mapper__.column_attrs}
+_UPDATES: dict[tuple[str, ...], Any] = {}  # changed attributes -> UPDATE statement
+_IN_CHUNK = 500  # uuids per ``IN (...)`` look-up
+# Re-read after an UPDATE: loaded instances take the new values.
+_RELOAD_LIVE = _LIVE.execution_options(populate_existing=True)
+_RELOAD_LIVE_IN = (
+    select(Instance)
+    .where(Instance.uuid.in_(bindparam("uuids", expanding=True)), Instance.deleted.is_(False))
+    .execution_options(populate_existing=True)
+)
+
+
+def _update_statement(keys: tuple[str, ...]) -> Any:
+    """UPDATE of the live instance ``b_uuid``: ``keys`` bound as ``b_<key>``, version + 1."""
+    statement = _UPDATES.get(keys)
+    if statement is None:
+        values: dict[str, Any] = {_COLUMN_OF[key]: bindparam("b_" + key) for key in keys}
+        values["version"] = _INSTANCES.c.version + 1
+        values["updated_at"] = bindparam("b_updated_at")
+        statement = _UPDATES[keys] = (
+            _INSTANCES.update()
+            .where(_INSTANCES.c.uuid == bindparam("b_uuid"), _INSTANCES.c.deleted.is_(False))
+            .values(values)
+        )
+    return statement
+
+
+def _runs(
+    items: Iterable[tuple[str, dict[str, Any]]],
+) -> list[tuple[tuple[str, ...], list[tuple[str, dict[str, Any]]]]]:
+    """Consecutive changes with the same attributes, no instance twice in one run (so
+    each run is one executemany, and changes to one instance keep their order)."""
+    runs: list[tuple[tuple[str, ...], list[tuple[str, dict[str, Any]]]]] = []
+    seen: set[str] = set()
+    for uuid, changes in items:
+        unknown = [key for key in changes if key not in _COLUMN_OF]
+        if unknown:
+            raise TypeError(f"instances have no column {unknown[0]!r}")
+        keys = tuple(sorted(k for k in changes if k not in ("version", "updated_at")))
+        if "version" in changes:  # as setting it and then adding one did
+            keys += ("version",)
+        if not runs or runs[-1][0] != keys or uuid in seen:
+            runs.append((keys, []))
+            seen = set()
+        runs[-1][1].append((uuid, changes))
+        seen.add(uuid)
+    return runs
 
 
 class InstanceChanges:
     """Versioned changes to instance rows in their owning cell."""
 
-    def __init__(self, on_change: OnChange | None = None) -> None:
+    def __init__(
+        self, on_change: OnChange | None = None, *, on_updates: OnUpdates | None = None
+    ) -> None:
         self.on_change: OnChange = on_change or _no_push
+        if on_updates is None and on_change is not None:
+            # The bound ``record`` of an Outbox also writes many updates at once.
+            on_updates = getattr(getattr(on_change, "__self__", None), "record_updates", None)
+        self.on_updates: OnUpdates | None = on_updates
 
     def get(self, session: Session, uuid: str, *, for_update: bool = False) -> Instance:
         """The live instance ``uuid`` (InstanceNotFound if missing or deleted)."""
@@ -74,14 +133,48 @@ class InstanceChanges:
 
     def update(self, session: Session, uuid: str, **changes: Any) -> Instance:
         """Apply ``changes`` to instance ``uuid`` and push the new version."""
-        instance = self.get(session, uuid, for_update=True)
-        for key, value in changes.items():
-            setattr(instance, key, value)
-        instance.version += 1
-        instance.updated_at = utcnow()
-        session.flush()
-        self.on_change(session, instance, "update", None)
-        return instance
+        return self.update_many(session, [(uuid, changes)])[0]
+
+    def update_many(
+        self, session: Session, items: Sequence[tuple[str, dict[str, Any]]]
+    ) -> list[Instance]:
+        """Apply each ``(uuid, changes)`` of ``items`` in order, as :meth:`update` would
+        one by one (a version and a push per item), in a few statements.
+
+        InstanceNotFound if one is missing or deleted (the caller rolls back).
+        """
+        if not items:
+            return []
+        session.flush()  # changes made to loaded instances go first, as autoflush did
+        out: list[Instance] = []
+        for keys, run in _runs(items):
+            now = utcnow()
+            params = []
+            for uuid, changes in run:
+                row = {"b_" + key: changes[key] for key in keys}
+                if "version" in changes:
+                    row["b_version"] = changes["version"] + 1
+                row["b_uuid"] = uuid
+                row["b_updated_at"] = now
+                params.append(row)
+            statement = _update_statement(keys)
+            if "version" in keys:  # an explicit version replaces version + 1
+                statement = statement.values(version=bindparam("b_version"))
+            # The UPDATE comes first: it takes the write lock (SQLite) or the row locks
+            # before anything is read, so no concurrent change is lost.
+            session.execute(statement, params)
+            loaded = _load_live(session, [uuid for uuid, _ in run])
+            for uuid, _ in run:
+                if uuid not in loaded:
+                    raise InstanceNotFound(f"instance {uuid} not found")
+            changed = [loaded[uuid] for uuid, _ in run]
+            if self.on_updates is not None:
+                self.on_updates(session, changed)
+            else:
+                for instance in changed:
+                    self.on_change(session, instance, "update", None)
+            out.extend(changed)
+        return out
 
     def destroy(self, session: Session, uuid: str) -> Instance:
         """Soft-delete instance ``uuid`` and push its destruction."""
@@ -118,6 +211,20 @@ class InstanceChanges:
         session.flush()
         self.on_change(session, instance, "fault", fault)
         return fault
+
+
+def _load_live(session: Session, uuids: list[str]) -> dict[str, Instance]:
+    """The live instances of ``uuids`` by uuid, as the database has them now."""
+    if len(uuids) == 1:
+        instance = session.scalar(_RELOAD_LIVE, {"uuid": uuids[0]})
+        return {} if instance is None else {instance.uuid: instance}
+    found: dict[str, Instance] = {}
+    for start in range(0, len(uuids), _IN_CHUNK):
+        for instance in session.scalars(
+            _RELOAD_LIVE_IN, {"uuids": uuids[start : start + _IN_CHUNK]}
+        ):
+            found[instance.uuid] = instance
+    return found
 
 
 def start_action(

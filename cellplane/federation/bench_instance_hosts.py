@@ -69,16 +69,30 @@ class CellsHere:
 
         return await asyncio.to_thread(write)
 
-    async def update(self, name: str, uuids: list[str], rounds: int) -> list[float]:
-        """Change every instance ``rounds`` times, one transaction per round; commit times."""
+    async def update(self, name: str, uuids: list[str], rounds: int, batch: int = 1) -> list[float]:
+        """Change every instance ``rounds`` times, one transaction per round; commit times.
+
+        ``batch`` 1 calls ``InstanceChanges.update`` once per change; more calls
+        ``InstanceChanges.update_many`` with up to ``batch`` changes at a time.
+        """
         cell = self.cells[name]
 
         def write() -> list[float]:
             committed = []
             for r in range(rounds):
                 with cell.sessions.begin() as session:
-                    for uuid in uuids:
-                        cell.changes.update(session, uuid, power_state=1 + r % 2)
+                    if batch > 1:
+                        for start in range(0, len(uuids), batch):
+                            cell.changes.update_many(
+                                session,
+                                [
+                                    (u, {"power_state": 1 + r % 2})
+                                    for u in uuids[start : start + batch]
+                                ],
+                            )
+                    else:
+                        for uuid in uuids:
+                            cell.changes.update(session, uuid, power_state=1 + r % 2)
                 committed.append(time.time())
             return committed
 
@@ -119,8 +133,8 @@ class HostProcess:
     async def create(self, name: str, count: int) -> list[str]:
         return list(await self._ask("create", name, count))
 
-    async def update(self, name: str, uuids: list[str], rounds: int) -> list[float]:
-        return list(await self._ask("update", name, uuids, rounds))
+    async def update(self, name: str, uuids: list[str], rounds: int, batch: int = 1) -> list[float]:
+        return list(await self._ask("update", name, uuids, rounds, batch))
 
     async def stop(self) -> None:
         with contextlib.suppress(BenchError, TimeoutError):

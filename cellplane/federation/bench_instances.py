@@ -10,9 +10,10 @@ process, as they must.
 - builds: concurrent ``CreateInstances`` calls (``batch`` instances each);
   an instance counts when the API cell's database shows it ``active``; its
   latency runs from the start of its create call to then.
-- pushes: each leaf changes its instances with ``InstanceChanges.update``
-  (one change per instance per transaction); a change counts when the API
-  cell's database holds its version; its latency runs from the leaf's commit.
+- pushes: each leaf changes each of its instances once per transaction, with
+  ``InstanceChanges.update`` per change (``batch`` 1) or ``update_many`` with
+  ``batch`` changes per call; a change counts when the API cell's database
+  holds its version; its latency runs from the leaf's commit.
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ async def _bench(
         if what == "builds":
             row.update(await _builds(api, n, batch, conc))
         else:
-            row.update(await _pushes(api, where, n))
+            row.update(await _pushes(api, where, n, batch))
         return row
     finally:
         await asyncio.gather(*[h.stop() for h in hosts])
@@ -337,7 +338,7 @@ async def _warm_up(api: Any, create: Any) -> None:
 # --- pushes ----------------------------------------------------------------------------
 
 
-async def _pushes(api: Any, where: dict[str, Any], n: int) -> Row:
+async def _pushes(api: Any, where: dict[str, Any], n: int, batch: int) -> Row:
     per_leaf = -(-n // len(LEAVES))
     count = min(PUSH_INSTANCES, per_leaf)
     rounds = -(-per_leaf // count)
@@ -349,7 +350,7 @@ async def _pushes(api: Any, where: dict[str, Any], n: int) -> Row:
         await _wait(lambda: len(watcher.versions) >= expected, 60, "the instances at the top")
         first = time.time()
         commits = await asyncio.gather(
-            *[where[leaf].update(leaf, owned[leaf], rounds) for leaf in LEAVES]
+            *[where[leaf].update(leaf, owned[leaf], rounds, batch) for leaf in LEAVES]
         )
         final = 1 + rounds  # created at version 1, then one change per round
 
@@ -375,6 +376,7 @@ async def _pushes(api: Any, where: dict[str, Any], n: int) -> Row:
     total = len(latencies)
     return {
         "n": total,
+        "batch": batch,
         "per_s": round(total / (last - first)),
         **_percentiles_ms(latencies),
         "written_per_s": round(total / (max(c[-1] for c in commits) - first)),

@@ -109,7 +109,8 @@ class BuildCoordinator:
         self.changes = changes
         self.rpc = rpc
         self.weights = weights  # child -> (weight_offset, weight_scale, disabled)
-        self.runs_computes = "compute" in config.roles and bool(config.compute.hosts)
+        # The cell has hosts if its config names any, whichever process runs them.
+        self.runs_computes = bool(config.compute.hosts)
         self.log = structlog.get_logger().bind(cell=self.name)
 
     def register(self, handlers: Any) -> None:
@@ -136,7 +137,9 @@ class BuildCoordinator:
         last_error = ""
         for _ in range(retries + 1):
             spec = spec_from_request(req, is_admin=is_admin)
-            candidates = [c for c in self.candidates(my_path) if c.path not in tried]
+            # Own hosts are read from the database: off the event loop.
+            own = await asyncio.to_thread(self.state.own_capacity) if self.runs_computes else None
+            candidates = [c for c in self.candidates(my_path, own) if c.path not in tried]
             try:
                 ranked = select_or_raise(
                     candidates, spec, default_cell_filters(), default_cell_weighers()
@@ -158,11 +161,15 @@ class BuildCoordinator:
                 self.log.info("build_rescheduled", cell=best.path, reason=str(exc))
         raise NoValidHost(f"no valid host after {retries + 1} attempts; last: {last_error}")
 
-    def candidates(self, my_path: str) -> list[CellCandidate]:
-        """This cell (if it runs computes) and every child, from their latest reports."""
+    def candidates(
+        self, my_path: str, own: types_pb2.Capacity | None = None
+    ) -> list[CellCandidate]:
+        """This cell (if it runs computes; ``own`` is its capacity, read here if not
+        given) and every child, from their latest reports."""
         out = []
         if self.runs_computes:
-            own = self.state.own_capacity()
+            if own is None:
+                own = self.state.own_capacity()
             out.append(
                 CellCandidate.from_report(
                     name=self.name,
@@ -222,28 +229,32 @@ class BuildCoordinator:
         if rpc is None:
             raise NoValidHost(f"cell {self.name} runs no scheduler")
         spec = spec_from_request(req, is_admin=True)
-        hosts: list[str] = await asyncio.to_thread(
-            rpc.call,
+        await asyncio.to_thread(self._claim_create_cast, rpc, req, spec)
+        return link_pb2.BuildAccepted(
+            instance_uuids=[i.uuid for i in req.instances], cell_path=my_path
+        )
+
+    def _claim_create_cast(
+        self, rpc: RpcClient, req: link_pb2.BuildRequest, spec: RequestSpec
+    ) -> None:
+        """Claim hosts, create the instances and cast their builds: one thread hop."""
+        hosts: list[str] = rpc.call(
             "scheduler",
             "select_and_claim",
             spec=spec.to_dict(),
             count=len(req.instances),
             timeout=self.config.scheduler.build_timeout,
         )
-        await asyncio.to_thread(self._create, req, hosts)
+        self._create(req, hosts)
         properties = dict(req.image.properties)
         for instance, host in zip(req.instances, hosts, strict=True):
-            await asyncio.to_thread(
-                rpc.cast,
+            rpc.cast(
                 f"compute.{host}",
                 "build_and_run_instance",
                 instance_uuid=instance.uuid,
                 request_id=req.request_id,
                 image_properties=properties,
             )
-        return link_pb2.BuildAccepted(
-            instance_uuids=[i.uuid for i in req.instances], cell_path=my_path
-        )
 
     def _create(self, req: link_pb2.BuildRequest, hosts: list[str]) -> None:
         with self.sessions.begin() as session:

@@ -8,6 +8,7 @@ survive or vanish together.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from typing import cast
 
@@ -18,6 +19,7 @@ from cellplane.db.models import LinkCursor, utcnow
 from cellplane.federation.channel import Cursor
 from cellplane.federation.dispatch import DbWork
 
+MAX_FRAMES_PER_COMMIT = 8  # handled batches (up to 512 envelopes each) per cursor commit
 _TABLE = cast(Table, LinkCursor.__table__)
 _UPDATE_CURSOR = (
     _TABLE.update()
@@ -56,24 +58,46 @@ class CursorStore:
                 session.add(LinkCursor(peer=peer, epoch=cursor.epoch, last_seq=cursor.last_seq))
 
 
+def _append_work(work: list[DbWork], item: DbWork) -> None:
+    """Append ``item``, or join it to the last piece of work if that one can take it
+    (``joined(other)`` returning the work of both, in order, or None)."""
+    if work:
+        joined = getattr(work[-1], "joined", None)
+        both = joined(item) if joined is not None else None
+        if both is not None:
+            work[-1] = both
+            return
+    work.append(item)
+
+
 class CursorWriter:
     """Coalesces cursor commits for one link: while one commit runs, later batches
-    pile up and go in the next one. ``on_durable`` is told each committed cursor."""
+    pile up and go in the next one. ``on_durable`` is told each committed cursor.
 
-    def __init__(self, store: CursorStore, peer: str, on_durable: Callable[[Cursor], None]) -> None:
+    One commit takes at most ``max_frames`` handled batches (and their database
+    work), so a backlog does not hold SQLite's one write lock for seconds.
+    """
+
+    def __init__(
+        self,
+        store: CursorStore,
+        peer: str,
+        on_durable: Callable[[Cursor], None],
+        *,
+        max_frames: int = MAX_FRAMES_PER_COMMIT,
+    ) -> None:
         self._store = store
         self._peer = peer
         self._on_durable = on_durable
-        self._cursor: Cursor | None = None
-        self._work: list[DbWork] = []
+        self._max_frames = max(1, max_frames)
+        self._queued: deque[tuple[Cursor, list[DbWork]]] = deque()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
 
     def add(self, cursor: Cursor, work: list[DbWork]) -> None:
         """Queue a handled cursor and its batch's database work."""
-        self._cursor = cursor
-        self._work.extend(work)
+        self._queued.append((cursor, work))
         self._idle.clear()
         self._wake.set()
 
@@ -82,13 +106,18 @@ class CursorWriter:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            cursor, work = self._cursor, self._work
-            self._cursor, self._work = None, []
-            if cursor is not None:
+            while self._queued:
+                cursor = self._queued[0][0]
+                work: list[DbWork] = []
+                taken = 0
+                while self._queued and taken < self._max_frames:
+                    cursor, batch_work = self._queued.popleft()
+                    for item in batch_work:
+                        _append_work(work, item)
+                    taken += 1
                 await asyncio.to_thread(self._store.commit, self._peer, cursor, work)
                 self._on_durable(cursor)
-            if self._cursor is None:
-                self._idle.set()
+            self._idle.set()
 
     async def drain(self) -> None:
         """Wait until everything queued so far is committed."""

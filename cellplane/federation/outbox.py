@@ -31,6 +31,7 @@ BATCH_ROWS = 2_000
 IDLE_POLL = 0.5
 BUSY_POLL = 0.005
 _INSERT_OUTBOX = cast(Table, OutboxEntry.__table__).insert()
+_INSERT_CHANGE = cast(Table, InstanceChange.__table__).insert()
 _PAYLOAD_OF_KIND = {
     "update": "instance_update",
     "destroy": "instance_destroyed",
@@ -86,6 +87,45 @@ class Outbox:
         if kind == "fault":  # the state change that came with the fault goes first
             self.push(session, instance, "update", None)
         self.push(session, instance, kind, fault)
+
+    def record_updates(self, session: Session, instances: list[Instance]) -> None:
+        """``record(session, i, "update", None)`` for each of ``instances``, in order,
+        with one INSERT for all their outbox rows (and one for their change log rows)."""
+        peers = self.parents()
+        if not instances or not (peers or self.change_log):
+            return
+        now = utcnow()
+        log: list[dict[str, Any]] = []
+        out: list[dict[str, Any]] = []
+        for instance in instances:
+            proto = codec.instance_to_proto(instance)
+            if self.change_log:
+                log.append(
+                    {
+                        "instance_uuid": instance.uuid,
+                        "project_id": instance.project_id,
+                        "kind": "update",
+                        "version": instance.version,
+                        "snapshot": proto.SerializeToString(),
+                    }
+                )
+            if peers:
+                payload = link_pb2.InstanceUpdate(instance=proto).SerializeToString()
+                out.extend(
+                    {
+                        "peer": peer,
+                        "kind": "instance_update",
+                        "instance_uuid": instance.uuid,
+                        "version": instance.version,
+                        "payload": payload,
+                        "created_at": now,
+                    }
+                    for peer in peers
+                )
+        if log:
+            session.execute(_INSERT_CHANGE, log)
+        if out:
+            session.execute(_INSERT_OUTBOX, out)
 
     def push(
         self,
@@ -249,6 +289,15 @@ class _PushBatch:
 
     def __call__(self, session: Session) -> None:
         self.receiver.apply_many(session, self.pushes)
+
+    def joined(self, other: object) -> _PushBatch | None:
+        """This batch and then ``other`` as one (the cursor writer commits several
+        frames at once: each instance row is then written once for all of them)."""
+        if not isinstance(other, _PushBatch) or other.receiver is not self.receiver:
+            return None
+        both = _PushBatch(self.receiver)
+        both.pushes = self.pushes + other.pushes
+        return both
 
 
 class PushReceiver:

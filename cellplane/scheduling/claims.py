@@ -10,6 +10,7 @@ what lets the host scheduler filter on a snapshot and still never over-commit.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -125,10 +126,10 @@ def resize_claim(
 class HostScheduler:
     """Chooses hosts of this cell and claims them, one instance at a time.
 
-    Each claim is committed in its own short transaction. After every claim
-    the candidates are read again, so the weighers see the new usage (spread
-    really spreads) and a claim lost to a concurrent build moves on to the
-    next best host.
+    Each claim is committed in its own short transaction. The candidates are
+    read once per request and each claim is added to them, so the weighers see
+    the new usage (spread really spreads); a claim lost to a concurrent build
+    moves on to the next best host, and the candidates are read again.
     """
 
     def __init__(
@@ -164,10 +165,11 @@ class HostScheduler:
         """
         count = spec.num_instances if count is None else count
         placed: list[str] = []
+        known: list[HostCandidate] = []  # the hosts as last read, plus our own claims
         try:
             for index in range(count):
                 try:
-                    placed.append(self._place_one(spec, placed))
+                    placed.append(self._place_one(spec, placed, known))
                 except NoValidHost as exc:
                     raise NoValidHost(
                         f"{exc.message} (placing instance {index + 1} of {count})"
@@ -184,9 +186,15 @@ class HostScheduler:
                 release(session, host, flavor)
             self.log.info("host_claim_released", host=host, flavor=flavor.flavor_id)
 
-    def _place_one(self, spec: RequestSpec, placed: list[str]) -> str:
+    def _place_one(self, spec: RequestSpec, placed: list[str], known: list[HostCandidate]) -> str:
+        """Claim one host. ``known`` holds the hosts read for an earlier instance of the
+        request with this request's claims added (what a read now would show, but for
+        concurrent builds, whose claims the conditional UPDATE still respects); it is
+        read again when empty or after a lost claim."""
         for _ in range(MAX_CLAIM_ROUNDS):
-            candidates = with_pending(self.candidates(spec), spec, placed)
+            if not known:
+                known[:] = self.candidates(spec)
+            candidates = with_pending(known, spec, placed)
             weighed = select_or_raise(candidates, spec, self.filters, self.weighers, log=self.log)
             for choice in weighed:
                 host = choice.candidate.host
@@ -194,7 +202,20 @@ class HostScheduler:
                     won = claim(session, host, spec.flavor)
                 if won:
                     self.log.info("host_claimed", host=host, flavor=spec.flavor.flavor_id)
+                    flavor = spec.flavor
+                    known[:] = [
+                        c
+                        if c.host != host
+                        else replace(
+                            c,
+                            vcpus_used=c.vcpus_used + flavor.vcpus,
+                            memory_mb_used=c.memory_mb_used + flavor.memory_mb,
+                            disk_gb_used=c.disk_gb_used + flavor.disk_gb,
+                        )
+                        for c in known
+                    ]
                     return host
+                known.clear()  # someone else claimed: read the hosts again next time
                 self.log.info("host_claim_lost", host=host, flavor=spec.flavor.flavor_id)
         raise NoValidHost(
             f"no valid host: claims lost to concurrent builds {MAX_CLAIM_ROUNDS} rounds in a row"
