@@ -167,7 +167,7 @@ class ApiView:
                     )
                 )
                 self._log(session, row, "fault")
-                self._finish_actions(session, row, "Error")
+                self._finish_actions(session, {row.uuid: ("Error", row.host)})
 
     def get(self, uuid: str, project_id: str | None) -> Instance:
         """One instance (InstanceNotFound if missing or in another project)."""
@@ -260,17 +260,9 @@ class ApiView:
             session.add(image)
         return image
 
-    def after_push(self, session: Session, row: Instance) -> None:
-        """Called for an applied push: finish actions and snapshots that ended."""
-        if row.task_state is not None:
-            return
-        result = "Error" if row.vm_state == states.ERROR else "Success"
-        root_gb = int(row.flavor.get("root_gb", 1))
-        self._tasks_ended(session, {row.uuid: (result, row.host, root_gb)})
-
     def after_pushes(self, session: Session, instances: Sequence[types_pb2.Instance]) -> None:
-        """Called with every applied update of a batch of pushes, in order: what
-        :meth:`after_push` does for each, in one query for actions and one for images."""
+        """Called with every applied update of a batch of pushes, in order: finish the
+        actions and snapshots of instances whose task ended (one query for each)."""
         ended: dict[str, tuple[str, str | None, int]] = {}
         for msg in instances:
             if msg.uuid in ended or codec.task_state_from_proto(msg.task_state) is not None:
@@ -285,6 +277,16 @@ class ApiView:
     def _tasks_ended(session: Session, ended: dict[str, tuple[str, str | None, int]]) -> None:
         """Finish the open actions, and activate the queued snapshots, of instances
         whose task ended (uuid -> (action result, host, root_gb))."""
+        ApiView._finish_actions(session, {u: (r, h) for u, (r, h, _) in ended.items()})
+        for image in session.scalars(select(Image).where(Image.status == "queued")):
+            of = (image.properties or {}).get("snapshot_of")
+            if of in ended:
+                image.status = "active"
+                image.size_bytes = ended[of][2] * 1024**3
+
+    @staticmethod
+    def _finish_actions(session: Session, ended: dict[str, tuple[str, str | None]]) -> None:
+        """Close the open actions of ``ended`` (uuid -> (result, host)) with an event."""
         uuids = list(ended)
         now = utcnow()
         for start in range(0, len(uuids), 500):
@@ -294,7 +296,7 @@ class ApiView:
                     InstanceAction.finish_time.is_(None),
                 )
             ):
-                result, host, _ = ended[action.instance_uuid]
+                result, host = ended[action.instance_uuid]
                 action.finish_time = now
                 session.add(
                     InstanceActionEvent(
@@ -306,11 +308,6 @@ class ApiView:
                         host=host,
                     )
                 )
-        for image in session.scalars(select(Image).where(Image.status == "queued")):
-            of = (image.properties or {}).get("snapshot_of")
-            if of in ended:
-                image.status = "active"
-                image.size_bytes = ended[of][2] * 1024**3
 
     def changes_after(
         self,
@@ -328,9 +325,7 @@ class ApiView:
             )
             if project_id is not None:
                 query = query.where(InstanceChange.project_id == project_id)
-            return list(
-                session.scalars(query.order_by(InstanceChange.revision).limit(limit))
-            )
+            return list(session.scalars(query.order_by(InstanceChange.revision).limit(limit)))
 
     def last_revision(self) -> int:
         """The newest change log revision (0 if none)."""
@@ -344,23 +339,3 @@ class ApiView:
     def _log(session: Session, row: Instance, kind: str) -> None:
         session.flush()
         log_change(session, row, kind)
-
-    @staticmethod
-    def _finish_actions(session: Session, row: Instance, result: str) -> None:
-        now = utcnow()
-        for action in session.scalars(
-            select(InstanceAction).where(
-                InstanceAction.instance_uuid == row.uuid, InstanceAction.finish_time.is_(None)
-            )
-        ):
-            action.finish_time = now
-            session.add(
-                InstanceActionEvent(
-                    action_id=action.id,
-                    event=f"compute_{action.action}",
-                    start_time=action.start_time,
-                    finish_time=now,
-                    result=result,
-                    host=row.host,
-                )
-            )

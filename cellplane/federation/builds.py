@@ -38,6 +38,7 @@ from cellplane.federation.reports import StateManager
 from cellplane.federation.router import Router
 from cellplane.scheduling.cells import (
     CellCandidate,
+    cell_candidate_from_capacity,
     default_cell_filters,
     default_cell_weighers,
 )
@@ -171,7 +172,7 @@ class BuildCoordinator:
             if own is None:
                 own = self.state.own_capacity()
             out.append(
-                CellCandidate.from_report(
+                cell_candidate_from_capacity(
                     name=self.name,
                     path=my_path,
                     is_self=True,
@@ -183,7 +184,7 @@ class BuildCoordinator:
             report = self.state.children.get(channel.peer)
             offset, scale, disabled = self.weights(channel.peer)
             out.append(
-                CellCandidate.from_report(
+                cell_candidate_from_capacity(
                     name=channel.peer,
                     path=paths.join(my_path, channel.peer),
                     is_self=False,

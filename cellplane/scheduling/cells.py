@@ -45,33 +45,6 @@ class CellCandidate:
     weight_offset: float = 0.0
     weight_scale: float = 1.0
 
-    @classmethod
-    def from_report(
-        cls,
-        *,
-        name: str,
-        path: str,
-        capacity: types_pb2.Capacity,
-        is_self: bool = False,
-        capabilities: Mapping[str, Iterable[str]] | None = None,
-        disabled: bool = False,
-        mute: bool = False,
-        weight_offset: float = 0.0,
-        weight_scale: float = 1.0,
-    ) -> CellCandidate:
-        """Same as :func:`cell_candidate_from_capacity`."""
-        return cell_candidate_from_capacity(
-            name,
-            path,
-            capacity,
-            is_self=is_self,
-            capabilities=capabilities,
-            disabled=disabled,
-            mute=mute,
-            weight_offset=weight_offset,
-            weight_scale=weight_scale,
-        )
-
 
 def cell_candidate_from_capacity(
     name: str,
