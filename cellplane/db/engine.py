@@ -86,6 +86,21 @@ def _configure_sqlite(dbapi_connection: Any, connection_record: Any) -> None:
         cursor.close()
 
 
+def lock_for_write(session: Session) -> None:
+    """Hold the database's write lock before reading what will be written back.
+
+    PostgreSQL callers lock rows with ``SELECT ... FOR UPDATE``. SQLite ignores
+    that, and pysqlite reads outside any transaction until the first write: a
+    write that changes nothing takes SQLite's lock first, once per transaction,
+    so two read-check-write transactions cannot both act on the same old row.
+    """
+    connection = session.connection()
+    if connection.dialect.name != "sqlite":
+        return
+    if not connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+        connection.exec_driver_sql("UPDATE link_cursors SET peer = peer WHERE 0")
+
+
 def make_session_factory(engine: sa.Engine) -> sessionmaker[Session]:
     """A session factory whose rows stay readable after commit."""
     return sessionmaker(engine, expire_on_commit=False)

@@ -13,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.orm import Session
 
+from cellplane.db.engine import lock_for_write
 from cellplane.db.models import (
     Instance,
     InstanceAction,
@@ -39,11 +40,6 @@ def _no_push(session: Session, instance: Instance, kind: str, fault: InstanceFau
 # Built once: these run for every change an owning cell makes.
 _LIVE = select(Instance).where(Instance.uuid == bindparam("uuid"), Instance.deleted.is_(False))
 _LIVE_FOR_UPDATE = _LIVE.with_for_update()
-_TAKE_WRITE_LOCK = (
-    update(Instance)
-    .where(Instance.uuid == bindparam("b_uuid"))
-    .values(version=Instance.version, updated_at=Instance.updated_at)
-)
 _INSTANCES = cast(Table, Instance.__table__)
 _COLUMN_OF = {attr.key: attr.columns[0].name for attr in Instance.__mapper__.column_attrs}
 _UPDATES: dict[tuple[str, ...], Any] = {}  # changed attributes -> UPDATE statement
@@ -111,13 +107,7 @@ class InstanceChanges:
         query = _LIVE
         if for_update:
             query = _LIVE_FOR_UPDATE
-            if session.get_bind().dialect.name == "sqlite":
-                # SQLite ignores FOR UPDATE and pysqlite reads outside the transaction
-                # until its first write: a no-op write takes the write lock first, so no
-                # concurrent change is lost (once per transaction: then the lock is held).
-                connection = session.connection()
-                if not connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
-                    connection.execute(_TAKE_WRITE_LOCK, {"b_uuid": uuid})
+            lock_for_write(session)
         instance = session.scalar(query, {"uuid": uuid})
         if instance is None:
             raise InstanceNotFound(f"instance {uuid} not found")

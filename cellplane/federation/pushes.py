@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import Table, bindparam, select
 from sqlalchemy.orm import Session
 
+from cellplane.db.engine import lock_for_write
 from cellplane.db.models import (
     FAULT_MESSAGE_LENGTH,
     Instance,
@@ -104,8 +105,15 @@ def apply_pushes(
     counts = Applied()
     uuids = list(dict.fromkeys(_uuid(kind, msg) for kind, msg, _ in pushes))
     held: dict[str, _Held] = {}
+    # The versions read here decide what is written: no other transaction may
+    # change these rows in between (a push and the API's own copy of an answer).
+    lock_for_write(session)
     for chunk in _chunks(uuids):
-        query = select(Instance.uuid, Instance.id, Instance.version).where(Instance.uuid.in_(chunk))
+        query = (
+            select(Instance.uuid, Instance.id, Instance.version)
+            .where(Instance.uuid.in_(chunk))
+            .with_for_update()
+        )
         for uuid, row_id, version in session.execute(query):
             held[uuid] = _Held(row_id, version)
     faults_known = _faults_known(session, [m.instance_uuid for k, m, _ in pushes if k == FAULT])
