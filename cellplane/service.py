@@ -432,6 +432,7 @@ class Cell:
         self.outbox = Outbox(lambda: [c.peer for c in self.neighbours.parents()], change_log=is_api)
         self.changes = InstanceChanges(self.outbox.record)
         self.outbox_sender = OutboxSender(self.name, self.neighbours, self.sessions)
+        self.outbox_sender.watch(self.sessions)
         self.api_view = ApiView(self.sessions) if is_api else None
         self.pushes = PushReceiver(
             self.name, self.outbox, self.api_view.after_pushes if self.api_view else None

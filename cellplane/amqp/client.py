@@ -14,7 +14,7 @@ import kombu
 import structlog
 
 from cellplane.amqp import messages
-from cellplane.amqp.transport import Drainer, Publisher, connect
+from cellplane.amqp.transport import Publisher, connect
 from cellplane.errors import Code, Timeout, Unavailable, from_status
 
 DEFAULT_CALL_TIMEOUT = 60.0
@@ -158,7 +158,6 @@ class _ReplyListener:
         self._conn = connect(url)
         self._stopping = threading.Event()
         self._consumer = self._consume()
-        self._drainer = Drainer(self._conn)
         self._thread = threading.Thread(
             target=self._run, name=f"rpc-{self.queue_name}", daemon=True
         )
@@ -195,7 +194,7 @@ class _ReplyListener:
         errors = self._conn.connection_errors
         while not self._stopping.is_set():
             try:
-                self._drainer.drain(_POLL_SECONDS)
+                self._conn.drain_events(timeout=_POLL_SECONDS)
             except TimeoutError:
                 continue
             except errors as exc:

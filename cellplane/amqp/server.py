@@ -27,7 +27,7 @@ import kombu
 import structlog
 
 from cellplane.amqp import messages
-from cellplane.amqp.transport import Drainer, Publisher, connect
+from cellplane.amqp.transport import Publisher, connect
 from cellplane.errors import CellplaneError, Code, InvalidArgument, Unavailable, status_of
 
 DEFAULT_WORKERS = 4
@@ -301,13 +301,14 @@ class RpcServer:
     def _run(self) -> None:
         assert self._conn is not None
         conn = self._conn
-        drainer = Drainer(conn)
         errors = conn.connection_errors
         while not self._stopping.is_set():
             if self._done:
                 self._flush_acks()
             try:
-                drainer.drain(_BUSY_POLL_SECONDS if self._inflight else _IDLE_POLL_SECONDS)
+                conn.drain_events(
+                    timeout=_BUSY_POLL_SECONDS if self._inflight else _IDLE_POLL_SECONDS
+                )
             except TimeoutError:
                 continue
             except errors as exc:

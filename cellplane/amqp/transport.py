@@ -1,11 +1,9 @@
 """Broker connections, the shared thread-safe publisher, and event draining.
 
-kombu's ``memory://`` transport polls its queues; with the default interval
-(1 s) every RPC round trip waits about a second, so :func:`connect` always
-passes a sub-millisecond polling interval for it. Polling that fast costs CPU
-even when nothing arrives, so :class:`Drainer` slows it down during silence
-and speeds it up again on the next message. RabbitMQ connections block on the
-socket and need none of this.
+``memory://`` URLs get :mod:`cellplane.amqp.memory`, kombu's in-process
+transport woken by each put instead of polling its queues; RabbitMQ
+connections block on the socket. Either way a consumer sleeps until a message
+arrives or its timeout ends.
 """
 
 from __future__ import annotations
@@ -17,17 +15,10 @@ from typing import Any
 import kombu
 from kombu.exceptions import OperationalError
 
+from cellplane.amqp import memory
 from cellplane.errors import Unavailable
 
 DEFAULT_URL = "memory://"
-#: Seconds between polls of a busy ``memory://`` queue; measured best with
-#: ``bench`` (smaller burns CPU for no gain, larger adds latency per hop).
-MEMORY_POLLING_INTERVAL = 0.0002
-#: The slowest poll of an idle ``memory://`` consumer (about 200 wake-ups/s
-#: instead of 5,000; the first message after a silence waits up to this long).
-MEMORY_IDLE_POLLING_INTERVAL = 0.005
-# How long a memory:// consumer stays silent before its polling slows (doubles).
-_MEMORY_IDLE_STEP_SECONDS = 0.01
 #: How publishing retries a dropped broker connection before giving up.
 PUBLISH_RETRY_POLICY: Mapping[str, Any] = {
     "max_retries": 3,
@@ -44,14 +35,14 @@ def is_memory(url: str) -> bool:
     return url.startswith("memory:")
 
 
-def connect(url: str, *, polling_interval: float = MEMORY_POLLING_INTERVAL) -> kombu.Connection:
+def connect(url: str) -> kombu.Connection:
     """Return a (lazily connecting) kombu Connection for ``url``.
 
-    ``memory://`` gets a small ``polling_interval``; everything else keeps
+    ``memory://`` gets the event-driven transport; everything else keeps
     kombu's defaults plus a bounded connect timeout.
     """
     if is_memory(url):
-        return kombu.Connection(url, transport_options={"polling_interval": polling_interval})
+        return kombu.Connection(url, transport=memory.Transport)
     return kombu.Connection(url, connect_timeout=CONNECT_TIMEOUT)
 
 
@@ -132,33 +123,3 @@ class Publisher:
         """Close the connection; later publishes fail."""
         with self._lock:
             self._conn.release()
-
-
-class Drainer:
-    """Waits for the next event on a consuming connection.
-
-    :meth:`drain` handles one event or raises :class:`TimeoutError`; on
-    ``memory://`` it may return early (raising :class:`TimeoutError`) to adapt
-    the polling interval, so callers simply loop.
-    """
-
-    def __init__(self, conn: kombu.Connection) -> None:
-        self._conn = conn
-        self._fast = float((conn.transport_options or {}).get("polling_interval") or 0.0)
-        self._adaptive = getattr(conn.transport, "driver_type", "") == "memory"
-
-    def drain(self, timeout: float) -> None:
-        """Handle one event within ``timeout`` seconds, else raise :class:`TimeoutError`."""
-        if not self._adaptive:
-            self._conn.drain_events(timeout=timeout)
-            return
-        transport = self._conn.transport
-        interval = transport.polling_interval
-        wait = min(timeout, max(_MEMORY_IDLE_STEP_SECONDS, interval * 4))
-        try:
-            self._conn.drain_events(timeout=wait)
-        except TimeoutError:
-            if wait >= _MEMORY_IDLE_STEP_SECONDS:  # a real silence, not a short peek
-                transport.polling_interval = min(interval * 2, MEMORY_IDLE_POLLING_INTERVAL)
-            raise
-        transport.polling_interval = self._fast

@@ -12,14 +12,17 @@ import re
 import time
 import uuid as uuidlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
+import structlog
 from sqlalchemy import select
 
 from cellplane.api.auth import Authenticator, Caller
 from cellplane.api.status import grpc_code, rpc
 from cellplane.api.view import ApiView, NewInstance
+from cellplane.batching import Batcher
 from cellplane.compute import states
 from cellplane.db.models import Flavor, Image, Instance
 from cellplane.errors import (
@@ -37,7 +40,12 @@ if TYPE_CHECKING:
     from cellplane.service import Cell
 
 Context = grpc.aio.ServicerContext[Any, Any]
+log = structlog.get_logger()
+
 MAX_COUNT = 1000
+#: The most instances that concurrent creates put in one transaction or one build
+#: request (a single create of more goes alone).
+MERGED_INSTANCES = 256
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 WATCH_POLL = 0.05
@@ -100,6 +108,17 @@ def _plain_action(action: str, response: Any) -> Any:
     return method
 
 
+@dataclass
+class _Create:
+    """One CreateInstances call on its way into the API cell's database."""
+
+    request: compute_pb2.CreateInstancesRequest
+    caller: Caller
+    request_id: str
+    names: list[str]
+    new: list[NewInstance] | None = None
+
+
 class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
     """ComputeService over a running API :class:`~cellplane.service.Cell`."""
 
@@ -107,6 +126,16 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
         self.cell = cell
         self.auth = auth
         self.view = view
+        # Concurrent creates share a transaction, and alike builds one trip down.
+        self._creates: Batcher[_Create, tuple[Flavor, Image, list[Instance], bool]] = Batcher(
+            self._create_many,
+            max_items=MERGED_INSTANCES,
+            max_running=1,  # one writer at a time anyway: the others wait and merge
+            size=lambda c: len(c.names),
+        )
+        self._builds: Batcher[tuple[link_pb2.BuildRequest, float, bool], None] = Batcher(
+            self._schedule_many, max_items=MERGED_INSTANCES, size=lambda b: len(b[0].instances)
+        )
 
     # --- create ----------------------------------------------------------------------
 
@@ -135,31 +164,65 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
         request_id = f"req-{uuidlib.uuid4()}"
         names = [request.name] if count == 1 else [f"{request.name}-{i + 1}" for i in range(count)]
 
-        def create() -> tuple[Flavor, Image, list[Instance], bool]:  # one thread hop
-            flavor, image = self._flavor_and_image(request)
-            new = [
-                NewInstance(
-                    name=n,
-                    project_id=caller.project_id,
-                    user_id=caller.user_id,
-                    flavor=codec.flavor_snapshot(codec.flavor_to_proto(flavor)),
-                    image_id=image.uuid,
-                    availability_zone=request.availability_zone or None,
-                    metadata=dict(request.metadata),
-                )
-                for n in names
-            ]
-            rows, created = self.view.create(
-                caller.project_id, request.idempotency_key, request_id, new
-            )
-            return flavor, image, rows, created
-
-        flavor, image, rows, created = await asyncio.to_thread(create)
+        flavor, image, rows, created = await self._creates.submit(
+            None, _Create(request, caller, request_id, names)
+        )
         if created:
             rows = await self._schedule(rows, flavor, image, request, request_id, caller)
         return compute_pb2.CreateInstancesResponse(
             instances=[self._to_proto(r) for r in rows], request_id=request_id
         )
+
+    async def _create_many(
+        self, key: object, creates: list[_Create]
+    ) -> list[tuple[Flavor, Image, list[Instance], bool] | BaseException]:
+        """The API rows of concurrent creates: one thread hop, one transaction."""
+        del key
+        return await asyncio.to_thread(self._create_rows, creates)
+
+    def _create_rows(
+        self, creates: list[_Create]
+    ) -> list[tuple[Flavor, Image, list[Instance], bool] | BaseException]:
+        out: list[tuple[Flavor, Image, list[Instance], bool] | BaseException] = []
+        found: dict[tuple[str, str], tuple[Flavor, Image] | CellplaneError] = {}
+        valid: list[tuple[int, Flavor, Image, _Create]] = []
+        for create in creates:
+            request, caller = create.request, create.caller
+            ids = (request.flavor_id, request.image_id)
+            if ids not in found:
+                try:
+                    found[ids] = self._flavor_and_image(request)
+                except CellplaneError as exc:
+                    found[ids] = exc
+            known = found[ids]
+            if isinstance(known, CellplaneError):
+                out.append(known)
+                continue
+            flavor, image = known
+            snapshot = codec.flavor_snapshot(codec.flavor_to_proto(flavor))
+            create.new = [
+                NewInstance(
+                    name=n,
+                    project_id=caller.project_id,
+                    user_id=caller.user_id,
+                    flavor=snapshot,
+                    image_id=image.uuid,
+                    availability_zone=request.availability_zone or None,
+                    metadata=dict(request.metadata),
+                )
+                for n in create.names
+            ]
+            valid.append((len(out), flavor, image, create))
+            out.append(InvalidArgument("not created"))  # replaced below
+        made = self.view.create_many(
+            [
+                (c.caller.project_id, c.request.idempotency_key, c.request_id, c.new or [])
+                for _, _, _, c in valid
+            ]
+        )
+        for (index, flavor, image, _), (rows, created) in zip(valid, made, strict=True):
+            out[index] = (flavor, image, rows, created)
+        return out
 
     def _flavor_and_image(
         self, request: compute_pb2.CreateInstancesRequest
@@ -210,10 +273,16 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
         )
         uuids = [r.uuid for r in rows]
         deadline = time.time() + self.cell.config.scheduler.build_timeout
+        key = (
+            build.flavor.id,
+            build.image.id,
+            build.hints.SerializeToString(deterministic=True),
+            caller.is_admin,
+            caller.project_id,
+            request.availability_zone,
+        )
         try:
-            accepted = await self.cell.builds.schedule(
-                build, self.cell.name, deadline, is_admin=caller.is_admin
-            )
+            await self._builds.submit(key, (build, deadline, caller.is_admin))
         except CellplaneError as exc:
             if exc.code in {Code.PERMISSION_DENIED, Code.INVALID_ARGUMENT}:
                 await asyncio.to_thread(self.view.failed, uuids, int(exc.code), str(exc))
@@ -221,13 +290,39 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
             await asyncio.to_thread(
                 self.view.failed, uuids, int(exc.code), f"No valid host was found: {exc}"
             )
-            return await asyncio.to_thread(self.view.get_many, uuids)
+        return await asyncio.to_thread(self.view.get_many, uuids)
 
-        def placed() -> list[Instance]:  # one thread hop for both
-            self.view.placed(uuids, accepted.cell_path)
-            return self.view.get_many(uuids)
+    async def _schedule_many(
+        self, key: object, builds: list[tuple[link_pb2.BuildRequest, float, bool]]
+    ) -> list[BaseException | None]:
+        """Send alike builds down as one request (their instances together); if that
+        fails, each on its own, so that no build fails for sharing a request."""
+        del key
+        if len(builds) > 1:
+            merged = link_pb2.BuildRequest()
+            merged.CopyFrom(builds[0][0])
+            for build, _, _ in builds[1:]:
+                merged.instances.extend(build.instances)
+            for build, _, _ in builds:
+                for instance in build.instances:
+                    merged.request_ids[instance.uuid] = build.request_id
+            deadline = min(d for _, d, _ in builds)
+            try:
+                await self._place(merged, deadline, builds[0][2])
+                return [None] * len(builds)
+            except CellplaneError as exc:
+                log.info("merged_build_split", builds=len(builds), error=str(exc))
+        results = await asyncio.gather(
+            *[self._place(b, d, admin) for b, d, admin in builds], return_exceptions=True
+        )
+        return [r if isinstance(r, BaseException) else None for r in results]
 
-        return await asyncio.to_thread(placed)
+    async def _place(self, build: link_pb2.BuildRequest, deadline: float, is_admin: bool) -> None:
+        accepted = await self.cell.builds.schedule(
+            build, self.cell.name, deadline, is_admin=is_admin
+        )
+        uuids = [i.uuid for i in build.instances]
+        await asyncio.to_thread(self.view.placed, uuids, accepted.cell_path)
 
     # --- reading ---------------------------------------------------------------------
 

@@ -63,66 +63,91 @@ class ApiView:
                 return existing, False
         try:
             with self.sessions.begin() as session:
-                if key:
-                    session.add(
-                        CreateRequest(
-                            project_id=project_id,
-                            idempotency_key=key,
-                            request_id=request_id,
-                            instance_uuids=[],
-                        )
-                    )
-                    session.flush()
-                rows = []
-                for item in new:
-                    row = Instance(
-                        uuid=str(uuidlib.uuid4()),
-                        name=item.name,
-                        project_id=item.project_id,
-                        user_id=item.user_id,
-                        flavor_id=str(item.flavor.get("id", "")),
-                        flavor=item.flavor,
-                        image_id=item.image_id,
-                        vm_state=states.BUILDING,
-                        task_state=states.SCHEDULING,
-                        power_state=states.NOSTATE,
-                        cell_path="",
-                        version=0,
-                        availability_zone=item.availability_zone,
-                        metadata_=item.metadata,
-                        idempotency_key=key or None,
-                    )
-                    session.add(row)
-                    rows.append(row)
-                session.flush()
-                if key:
-                    request = session.scalar(
-                        select(CreateRequest).where(
-                            CreateRequest.project_id == project_id,
-                            CreateRequest.idempotency_key == key,
-                        )
-                    )
-                    assert request is not None
-                    request.instance_uuids = [r.uuid for r in rows]
-                for row in rows:
-                    self._log(session, row, "update")
-                    session.add(
-                        InstanceAction(
-                            request_id=request_id,
-                            instance_uuid=row.uuid,
-                            action="create",
-                            project_id=row.project_id,
-                            user_id=row.user_id,
-                            start_time=utcnow(),
-                        )
-                    )
-            return rows, True
+                return self._add(session, project_id, key, request_id, new), True
         except IntegrityError:
             # A concurrent retry with the same key won the race: return its instances.
             existing = self.by_key(project_id, key)
             if existing is None:
                 raise
             return existing, False
+
+    def create_many(
+        self, creates: Sequence[tuple[str, str, str, Sequence[NewInstance]]]
+    ) -> list[tuple[list[Instance], bool]]:
+        """:meth:`create` for each ``(project_id, key, request_id, new)`` of ``creates``,
+        in one transaction (or, if that one fails on a key, one at a time)."""
+        out: dict[int, tuple[list[Instance], bool]] = {}
+        for i, (project_id, key, _, _) in enumerate(creates):
+            existing = self.by_key(project_id, key) if key else None
+            if existing is not None:
+                out[i] = (existing, False)
+        keys = [(c[0], c[1]) for i, c in enumerate(creates) if c[1] and i not in out]
+        if len(set(keys)) == len(keys):  # one key twice: let the one-at-a-time path sort it
+            try:
+                with self.sessions.begin() as session:
+                    for i, (project_id, key, request_id, new) in enumerate(creates):
+                        if i not in out:
+                            out[i] = (self._add(session, project_id, key, request_id, new), True)
+                return [out[i] for i in range(len(creates))]
+            except IntegrityError:
+                out = {i: v for i, v in out.items() if not v[1]}
+        for i, (project_id, key, request_id, new) in enumerate(creates):
+            if i not in out:
+                out[i] = self.create(project_id, key, request_id, new)
+        return [out[i] for i in range(len(creates))]
+
+    def _add(
+        self,
+        session: Session,
+        project_id: str,
+        key: str,
+        request_id: str,
+        new: Sequence[NewInstance],
+    ) -> list[Instance]:
+        request = None
+        if key:
+            request = CreateRequest(
+                project_id=project_id, idempotency_key=key, request_id=request_id, instance_uuids=[]
+            )
+            session.add(request)
+            session.flush()  # a duplicate key fails here, before anything else is written
+        rows = []
+        for item in new:
+            row = Instance(
+                uuid=str(uuidlib.uuid4()),
+                name=item.name,
+                project_id=item.project_id,
+                user_id=item.user_id,
+                flavor_id=str(item.flavor.get("id", "")),
+                flavor=item.flavor,
+                image_id=item.image_id,
+                vm_state=states.BUILDING,
+                task_state=states.SCHEDULING,
+                power_state=states.NOSTATE,
+                cell_path="",
+                version=0,
+                availability_zone=item.availability_zone,
+                metadata_=item.metadata,
+                idempotency_key=key or None,
+            )
+            session.add(row)
+            rows.append(row)
+        session.flush()
+        if request is not None:
+            request.instance_uuids = [r.uuid for r in rows]
+        for row in rows:
+            log_change(session, row, "update")
+            session.add(
+                InstanceAction(
+                    request_id=request_id,
+                    instance_uuid=row.uuid,
+                    action="create",
+                    project_id=row.project_id,
+                    user_id=row.user_id,
+                    start_time=utcnow(),
+                )
+            )
+        return rows
 
     def by_key(self, project_id: str, key: str) -> list[Instance] | None:
         """The instances of an earlier create with this idempotency key."""

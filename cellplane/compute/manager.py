@@ -28,7 +28,7 @@ from cellplane.compute.driver import FakeDriver
 from cellplane.compute.resources import flavor_spec, release
 from cellplane.compute.steps import STEPS, HostContext, Run
 from cellplane.config import ComputeConfig, HostConfig
-from cellplane.db.instances import InstanceChanges, record_event
+from cellplane.db.instances import InstanceChanges, record_event, record_events
 from cellplane.db.models import Instance, utcnow
 from cellplane.errors import (
     CellplaneError,
@@ -116,6 +116,108 @@ class ComputeManager:
             return self._fail_build(uuid, request_id, flavor_spec(instance.flavor_id, flavor), exc)
         self._log.info("instance_built", instance=uuid, addresses=addresses)
         return self._summary(instance)
+
+    def build_and_run_instances(
+        self, builds: list[dict], image_properties: dict | None = None
+    ) -> list[dict[str, Any]]:
+        """:meth:`build_and_run_instance` for many instances of one image in a few
+        transactions: one read, one address allocation, one ``spawning`` and one
+        ``active`` transaction for all. ``builds`` holds ``{"instance_uuid",
+        "request_id"}`` each. An instance that fails fails alone, as it would in
+        its own build; anything unusual (not placed here yet, a failed batch
+        transaction) falls back to building one at a time."""
+        requests = {str(b["instance_uuid"]): str(b.get("request_id", "")) for b in builds}
+        host = self.host.name
+        with self._sessions() as session:
+            rows = {i.uuid: i for i in self._changes.get_many(session, list(requests))}
+            if image_properties is None and rows:
+                image_properties = steps.image_properties(
+                    session, next(iter(rows.values())).image_id
+                )
+        results: dict[str, dict[str, Any]] = {}
+        alone = [u for u in requests if u not in rows or rows[u].host != host]
+        batch = [rows[u] for u in requests if u in rows and rows[u].host == host]
+        for instance in [i for i in batch if i.vm_state != states.BUILDING]:
+            results[instance.uuid] = self._summary(instance)  # a redelivered cast: done
+        batch = [i for i in batch if i.vm_state == states.BUILDING]
+        if batch:
+            try:
+                results.update(self._build_batch(batch, requests, image_properties or {}))
+            except Exception as exc:  # the batch transaction failed: one at a time
+                self._log.warning("build_batch_failed", count=len(batch), error=str(exc))
+                alone.extend(i.uuid for i in batch if i.uuid not in results)
+        for uuid in alone:
+            try:
+                results[uuid] = self.build_and_run_instance(uuid, requests[uuid], image_properties)
+            except InstanceNotFound:
+                results[uuid] = {"instance_uuid": uuid, "ok": False, "vm_state": "deleted"}
+        return [results[u] for u in requests if u in results]
+
+    def _build_batch(
+        self, batch: list[Instance], requests: dict[str, str], properties: dict[str, Any]
+    ) -> dict[str, dict[str, Any]]:
+        host = self.host.name
+        results: dict[str, dict[str, Any]] = {}
+        failed: dict[str, Exception] = {}
+        try:
+            addresses, refused = self._network.allocate_for_instances([i.uuid for i in batch])
+        except Exception as exc:
+            addresses, refused = {}, {i.uuid: str(exc) for i in batch}
+        for uuid, message in refused.items():
+            failed[uuid] = ResourceExhausted(message)
+        going = [i for i in batch if i.uuid in addresses]
+        with self._sessions.begin() as session:
+            self._changes.update_many(
+                session,
+                [
+                    (i.uuid, {"addresses": addresses[i.uuid], "task_state": states.SPAWNING})
+                    for i in going
+                ],
+            )
+        spawned = []
+        running = set(self._driver.list_instances())
+        for instance in going:
+            try:
+                if instance.uuid not in running:  # else spawned before a redelivery
+                    self._driver.spawn(
+                        instance.uuid, dict(instance.flavor), instance.image_id, properties
+                    )
+                spawned.append(instance)
+            except Exception as exc:
+                failed[instance.uuid] = exc
+        with self._sessions.begin() as session:
+            now = utcnow()
+            done = self._changes.update_many(
+                session,
+                [
+                    (
+                        i.uuid,
+                        {
+                            "vm_state": states.ACTIVE,
+                            "task_state": None,
+                            "power_state": self._driver.get_power_state(i.uuid),
+                            "launched_at": now,
+                        },
+                    )
+                    for i in spawned
+                ],
+            )
+            record_events(
+                session,
+                [(i.uuid, requests[i.uuid]) for i in spawned],
+                "compute_build_and_run_instance",
+                "Success",
+                host=host,
+            )
+        for instance in done:
+            results[instance.uuid] = self._summary(instance)
+        self._log.info("instances_built", count=len(done), failed=len(failed))
+        by_uuid = {i.uuid: i for i in batch}
+        for uuid, error in failed.items():
+            instance = by_uuid[uuid]
+            spec = flavor_spec(instance.flavor_id, dict(instance.flavor))
+            results[uuid] = self._fail_build(uuid, requests[uuid], spec, error)
+        return results
 
     def run_action(
         self, instance_uuid: str, action: str, request_id: str = "", params: dict | None = None

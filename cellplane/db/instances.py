@@ -44,6 +44,9 @@ _INSTANCES = cast(Table, Instance.__table__)
 _COLUMN_OF = {attr.key: attr.columns[0].name for attr in Instance.__mapper__.column_attrs}
 _UPDATES: dict[tuple[str, ...], Any] = {}  # changed attributes -> UPDATE statement
 _IN_CHUNK = 500  # uuids per ``IN (...)`` look-up
+_LIVE_IN = select(Instance).where(
+    Instance.uuid.in_(bindparam("uuids", expanding=True)), Instance.deleted.is_(False)
+)
 # Re-read after an UPDATE: loaded instances take the new values.
 _RELOAD_LIVE = _LIVE.execution_options(populate_existing=True)
 _RELOAD_LIVE_IN = (
@@ -113,6 +116,15 @@ class InstanceChanges:
             raise InstanceNotFound(f"instance {uuid} not found")
         return instance
 
+    def get_many(self, session: Session, uuids: Sequence[str]) -> list[Instance]:
+        """The live instances among ``uuids`` (missing or deleted ones are left out)."""
+        found: list[Instance] = []
+        for start in range(0, len(uuids), _IN_CHUNK):
+            found.extend(
+                session.scalars(_LIVE_IN, {"uuids": list(uuids[start : start + _IN_CHUNK])})
+            )
+        return found
+
     def create(self, session: Session, instance: Instance) -> Instance:
         """Add a new instance owned by this cell (version 1)."""
         instance.version = 1
@@ -120,6 +132,19 @@ class InstanceChanges:
         session.flush()
         self.on_change(session, instance, "update", None)
         return instance
+
+    def create_many(self, session: Session, instances: Sequence[Instance]) -> list[Instance]:
+        """:meth:`create` for many instances: one flush, one go at the pushes."""
+        for instance in instances:
+            instance.version = 1
+        session.add_all(instances)
+        session.flush()
+        if self.on_updates is not None:
+            self.on_updates(session, list(instances))
+        else:
+            for instance in instances:
+                self.on_change(session, instance, "update", None)
+        return list(instances)
 
     def update(self, session: Session, uuid: str, **changes: Any) -> Instance:
         """Apply ``changes`` to instance ``uuid`` and push the new version."""
@@ -271,3 +296,38 @@ def record_event(
         )
     )
     action.finish_time = now
+
+
+def record_events(
+    session: Session,
+    events: Sequence[tuple[str, str]],
+    event: str,
+    result: str,
+    *,
+    host: str | None = None,
+) -> None:
+    """:func:`record_event` for many ``(instance_uuid, request_id)`` in one read."""
+    if not events:
+        return
+    wanted = set(events)
+    now = utcnow()
+    uuids = list({uuid for uuid, _ in events})
+    for start in range(0, len(uuids), _IN_CHUNK):
+        for action in session.scalars(
+            select(InstanceAction).where(
+                InstanceAction.instance_uuid.in_(uuids[start : start + _IN_CHUNK])
+            )
+        ):
+            if (action.instance_uuid, action.request_id) not in wanted:
+                continue
+            session.add(
+                InstanceActionEvent(
+                    action_id=action.id,
+                    event=event,
+                    start_time=action.start_time,
+                    finish_time=now,
+                    result=result,
+                    host=host,
+                )
+            )
+            action.finish_time = now

@@ -248,17 +248,31 @@ class BuildCoordinator:
         )
         self._create(req, hosts)
         properties = dict(req.image.properties)
+        per_host: dict[str, list[dict[str, str]]] = {}
         for instance, host in zip(req.instances, hosts, strict=True):
-            rpc.cast(
-                f"compute.{host}",
-                "build_and_run_instance",
-                instance_uuid=instance.uuid,
-                request_id=req.request_id,
-                image_properties=properties,
+            request_id = req.request_ids.get(instance.uuid, req.request_id)
+            per_host.setdefault(host, []).append(
+                {"instance_uuid": instance.uuid, "request_id": request_id}
             )
+        for host, builds in per_host.items():
+            if len(builds) == 1:
+                rpc.cast(
+                    f"compute.{host}",
+                    "build_and_run_instance",
+                    image_properties=properties,
+                    **builds[0],
+                )
+            else:
+                rpc.cast(
+                    f"compute.{host}",
+                    "build_and_run_instances",
+                    builds=builds,
+                    image_properties=properties,
+                )
 
     def _create(self, req: link_pb2.BuildRequest, hosts: list[str]) -> None:
         with self.sessions.begin() as session:
+            rows = []
             for msg, host in zip(req.instances, hosts, strict=True):
                 fields = codec.instance_fields(msg)
                 fields.update(
@@ -273,8 +287,9 @@ class BuildCoordinator:
                     cell_path=self.name,
                     server_group=req.hints.group or None,
                 )
-                row = self.changes.create(session, Instance(uuid=msg.uuid, **fields))
-                start_action(session, row, "create", req.request_id)
+                rows.append(Instance(uuid=msg.uuid, **fields))
+            for row in self.changes.create_many(session, rows):
+                start_action(session, row, "create", req.request_ids.get(row.uuid, req.request_id))
 
     # --- actions ---------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import structlog
-from sqlalchemy import Table, delete, select
+from sqlalchemy import Table, delete, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cellplane.db.models import Instance, InstanceChange, InstanceFault, OutboxEntry, utcnow
@@ -28,8 +28,11 @@ from cellplane.v1 import link_pb2
 
 MAX_IN_FLIGHT = 20_000  # unacked pushes per parent before the sender waits
 BATCH_ROWS = 2_000
-IDLE_POLL = 0.5
+# Commits in this process wake the sender at once (see OutboxSender.watch); the
+# poll finds rows written by the cell's other processes.
+IDLE_POLL = 0.05
 BUSY_POLL = 0.005
+_WRITTEN = "cellplane_outbox_written"  # session.info flag: outbox rows in this transaction
 _INSERT_OUTBOX = cast(Table, OutboxEntry.__table__).insert()
 _INSERT_CHANGE = cast(Table, InstanceChange.__table__).insert()
 _PAYLOAD_OF_KIND = {
@@ -78,6 +81,12 @@ class Outbox:
         self.parents = parents
         self.change_log = change_log
 
+    @staticmethod
+    def written(session: Session) -> None:
+        """Note that ``session``'s transaction wrote outbox rows (its commit wakes the
+        sender)."""
+        session.info[_WRITTEN] = True
+
     def record(
         self, session: Session, instance: Instance, kind: str, fault: InstanceFault | None
     ) -> None:
@@ -110,6 +119,7 @@ class Outbox:
                     }
                 )
             if peers:
+                self.written(session)
                 payload = link_pb2.InstanceUpdate(instance=proto).SerializeToString()
                 out.extend(
                     {
@@ -140,6 +150,7 @@ class Outbox:
         peers = self.parents() if peers is None else peers
         if not peers:
             return
+        self.written(session)
         payload_field, payload = encode_push(instance, kind, fault)
         # A plain INSERT now rather than an ORM object flushed later: this runs for
         # every change, and the unit of work cost several times as much.
@@ -172,6 +183,7 @@ class OutboxSender:
         self._acked: list[int] = []
         self._listening: set[str] = set()
         self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.sent = 0
         self.log = structlog.get_logger().bind(cell=name)
 
@@ -184,8 +196,20 @@ class OutboxSender:
         """Look at the outbox now (call from the event loop)."""
         self._wake.set()
 
+    def watch(self, sessions: sessionmaker[Session]) -> None:
+        """Wake up whenever a transaction of ``sessions`` that wrote outbox rows commits
+        (from any thread of this process)."""
+
+        def committed(session: Session) -> None:
+            if session.info.pop(_WRITTEN, False) and self._loop is not None:
+                with contextlib.suppress(RuntimeError):  # the loop has closed
+                    self._loop.call_soon_threadsafe(self._wake.set)
+
+        event.listen(sessions, "after_commit", committed)
+
     async def run(self) -> None:
         """Send and delete until cancelled."""
+        self._loop = asyncio.get_running_loop()
         poll = IDLE_POLL
         while True:
             with contextlib.suppress(TimeoutError):

@@ -296,6 +296,7 @@ def _pass_on(session: Session, outbox: Outbox, effects: list[_Effect]) -> None:
         session.execute(cast(Table, InstanceChange.__table__).insert(), log)
     if out:
         session.execute(cast(Table, OutboxEntry.__table__).insert(), out)
+        outbox.written(session)
 
 
 def _update_bytes(effect: _Effect, snapshot: bool) -> tuple[bytes, bytes | None]:

@@ -47,6 +47,34 @@ class NetworkEndpoint:
         log.info("fixed_ip_allocated", instance=instance_uuid, addresses=addresses)
         return addresses
 
+    def allocate_for_instances(self, instance_uuids: list[str]) -> dict[str, Any]:
+        """:meth:`allocate_for_instance` for many instances in one transaction.
+
+        Returns ``{"addresses": {uuid: [...]}, "failed": {uuid: message}}``: an
+        instance fails alone when it is missing or no pool has room for it.
+        """
+        uuids = list(dict.fromkeys(instance_uuids))
+        failed: dict[str, str] = {}
+        with self._sessions.begin() as session:
+            live = set(
+                session.scalars(
+                    sa.select(Instance.uuid).where(
+                        Instance.uuid.in_(uuids), Instance.deleted.is_(False)
+                    )
+                )
+            )
+            for uuid in uuids:
+                if uuid not in live:
+                    failed[uuid] = f"instance {uuid} not found"
+            addresses, left = ipam.allocate_many(
+                session, self._pools, [u for u in uuids if u in live]
+            )
+        described = ", ".join(f"{n} ({c})" for n, c in self._pools) or "none configured"
+        for uuid in left:
+            failed[uuid] = f"no free fixed IP address in pools: {described}"
+        log.info("fixed_ips_allocated", count=len(addresses), failed=len(failed))
+        return {"addresses": addresses, "failed": failed}
+
     def deallocate_for_instance(self, instance_uuid: str) -> int:
         """Free every fixed IP of ``instance_uuid``; returns how many were freed."""
         with self._sessions.begin() as session:
@@ -68,6 +96,15 @@ class NetworkClient:
             TOPIC, "allocate_for_instance", timeout=self._timeout, instance_uuid=instance_uuid
         )
         return list(result)
+
+    def allocate_for_instances(
+        self, instance_uuids: list[str]
+    ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str]]:
+        """Allocate for many instances in one call: (addresses by uuid, failures by uuid)."""
+        result = self._rpc.call(
+            TOPIC, "allocate_for_instances", timeout=self._timeout, instance_uuids=instance_uuids
+        )
+        return dict(result["addresses"]), dict(result["failed"])
 
     def deallocate_for_instance(self, instance_uuid: str) -> int:
         """Free the fixed IPs of ``instance_uuid``; returns how many."""

@@ -126,7 +126,14 @@ class Envelope(_message.Message):
     def __init__(self, id: _Optional[str] = ..., seq: _Optional[int] = ..., kind: _Optional[_Union[EnvelopeKind, str]] = ..., direction: _Optional[_Union[Direction, str]] = ..., routing_path: _Optional[str] = ..., target_path: _Optional[str] = ..., hop_count: _Optional[int] = ..., max_hops: _Optional[int] = ..., need_response: _Optional[bool] = ..., deadline_ms: _Optional[int] = ..., trace_id: _Optional[str] = ..., run_locally: _Optional[bool] = ..., response_to: _Optional[str] = ..., build_request: _Optional[_Union[BuildRequest, _Mapping]] = ..., instance_action: _Optional[_Union[InstanceActionRequest, _Mapping]] = ..., instance_update: _Optional[_Union[InstanceUpdate, _Mapping]] = ..., instance_destroyed: _Optional[_Union[InstanceDestroyed, _Mapping]] = ..., instance_fault: _Optional[_Union[InstanceFaultReport, _Mapping]] = ..., capability_report: _Optional[_Union[CapabilityReport, _Mapping]] = ..., capacity_report: _Optional[_Union[CapacityReport, _Mapping]] = ..., sync_request: _Optional[_Union[SyncRequest, _Mapping]] = ..., sync_digest: _Optional[_Union[SyncDigest, _Mapping]] = ..., service_query: _Optional[_Union[ServiceQuery, _Mapping]] = ..., response: _Optional[_Union[Response, _Mapping]] = ..., echo: _Optional[_Union[Echo, _Mapping]] = ...) -> None: ...
 
 class BuildRequest(_message.Message):
-    __slots__ = ("instances", "flavor", "image", "hints", "tried_cells", "retries_left", "request_id")
+    __slots__ = ("instances", "flavor", "image", "hints", "tried_cells", "retries_left", "request_id", "request_ids")
+    class RequestIdsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     FLAVOR_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +141,7 @@ class BuildRequest(_message.Message):
     TRIED_CELLS_FIELD_NUMBER: _ClassVar[int]
     RETRIES_LEFT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
     instances: _containers.RepeatedCompositeFieldContainer[_types_pb2.Instance]
     flavor: _types_pb2.Flavor
     image: _types_pb2.Image
@@ -141,7 +149,8 @@ class BuildRequest(_message.Message):
     tried_cells: _containers.RepeatedScalarFieldContainer[str]
     retries_left: int
     request_id: str
-    def __init__(self, instances: _Optional[_Iterable[_Union[_types_pb2.Instance, _Mapping]]] = ..., flavor: _Optional[_Union[_types_pb2.Flavor, _Mapping]] = ..., image: _Optional[_Union[_types_pb2.Image, _Mapping]] = ..., hints: _Optional[_Union[SchedulerHints, _Mapping]] = ..., tried_cells: _Optional[_Iterable[str]] = ..., retries_left: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    request_ids: _containers.ScalarMap[str, str]
+    def __init__(self, instances: _Optional[_Iterable[_Union[_types_pb2.Instance, _Mapping]]] = ..., flavor: _Optional[_Union[_types_pb2.Flavor, _Mapping]] = ..., image: _Optional[_Union[_types_pb2.Image, _Mapping]] = ..., hints: _Optional[_Union[SchedulerHints, _Mapping]] = ..., tried_cells: _Optional[_Iterable[str]] = ..., retries_left: _Optional[int] = ..., request_id: _Optional[str] = ..., request_ids: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class SchedulerHints(_message.Message):
     __slots__ = ("target_cell", "different_cell", "group", "group_policy", "same_host", "different_host")

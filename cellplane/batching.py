@@ -1,0 +1,106 @@
+"""Natural batching: calls that arrive while earlier ones run go together.
+
+A :class:`Batcher` runs the first calls of a key at once, each alone, up to
+``max_running`` at a time; calls that arrive meanwhile wait and then run as
+one batch (up to ``max_items``). Alone there is no added latency; under load
+the batches grow by themselves, and so does what one statement, one
+transaction or one message carries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class _Key(Generic[T, R]):
+    waiting: list[tuple[T, asyncio.Future[R]]] = field(default_factory=list)
+    running: int = 0
+
+
+class Batcher(Generic[T, R]):
+    """Runs items of one key in batches with ``run`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        run: Callable[[Hashable, list[T]], Awaitable[list[R | BaseException]]],
+        *,
+        max_items: int = 64,
+        max_running: int = 4,
+        size: Callable[[T], int] = lambda item: 1,
+    ) -> None:
+        if max_items < 1 or max_running < 1:
+            raise ValueError("max_items and max_running must be at least 1")
+        self._run = run
+        self._max_items = max_items
+        self._max_running = max_running
+        self._size = size
+        self._keys: dict[Hashable, _Key[T, R]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.batches = 0  # batches run, for tests and figures
+        self.items = 0
+
+    async def submit(self, key: Hashable, item: T) -> R:
+        """Run ``item`` (with others of ``key``) and return its result or raise its error."""
+        state = self._keys.setdefault(key, _Key())
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        state.waiting.append((item, future))
+        if state.running < self._max_running:
+            state.running += 1
+            task = asyncio.ensure_future(self._drain(key, state))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await future
+
+    async def _drain(self, key: Hashable, state: _Key[T, R]) -> None:
+        try:
+            while state.waiting:
+                batch = self._take(state)
+                self.batches += 1
+                self.items += len(batch)
+                try:
+                    results = await self._run(key, [item for item, _ in batch])
+                    if len(results) != len(batch):
+                        raise RuntimeError(f"batch of {len(batch)} got {len(results)} results")
+                except BaseException as exc:
+                    results = [exc] * len(batch)
+                    if not isinstance(exc, Exception):
+                        for (_, future), result in zip(batch, results, strict=True):
+                            _settle(future, result)
+                        raise
+                for (_, future), result in zip(batch, results, strict=True):
+                    _settle(future, result)
+        finally:
+            state.running -= 1
+            if not state.running and not state.waiting:
+                self._keys.pop(key, None)
+
+    def _take(self, state: _Key[T, R]) -> list[tuple[T, asyncio.Future[R]]]:
+        taken, total = 0, 0
+        for item, future in state.waiting:
+            if future.done():  # the caller gave up (cancelled): skip it
+                taken += 1
+                continue
+            size = self._size(item)
+            if total and total + size > self._max_items:
+                break
+            total += size
+            taken += 1
+        batch = [(i, f) for i, f in state.waiting[:taken] if not f.done()]
+        del state.waiting[:taken]
+        return batch
+
+
+def _settle(future: asyncio.Future[R], result: R | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
