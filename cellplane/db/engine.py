@@ -12,9 +12,23 @@ from sqlalchemy.orm import Session, sessionmaker
 DEFAULT_SQLITE_BUSY_TIMEOUT_MS = 5000
 
 
+# A cell process runs up to this many threads that use the database at once (see
+# cellplane.service); a pool smaller than that makes them open and close server
+# connections (one server process each on PostgreSQL) under load.
+POOL_SIZE = 16
+POOL_OVERFLOW = 16
+
+
 def create_engine(url: str) -> sa.Engine:
-    """An engine for ``url``; on SQLite, connections get WAL, foreign keys and a busy timeout."""
-    engine = sa.create_engine(url)
+    """An engine for ``url``; on SQLite, connections get WAL, foreign keys and a busy
+    timeout; server databases get a pool as large as a cell's threads."""
+    options: dict[str, Any] = {}
+    if not url.startswith("sqlite"):
+        options.update(pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, pool_pre_ping=False)
+    if url.startswith("postgresql+psycopg2") or url.startswith("postgresql:"):
+        # executemany of UPDATE/DELETE in pages, not one round trip per row.
+        options["executemany_mode"] = "values_plus_batch"
+    engine = sa.create_engine(url, **options)
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _configure_sqlite)
         _WriterGate(DEFAULT_SQLITE_BUSY_TIMEOUT_MS / 1000).install(engine)

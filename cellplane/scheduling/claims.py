@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 import structlog
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from cellplane.config import SchedulerConfig
@@ -32,6 +33,7 @@ from cellplane.scheduling.spec import FlavorSpec, RequestSpec
 
 # Rounds of load-select-claim for one instance before giving up on a busy cell.
 MAX_CLAIM_ROUNDS = 3
+DEADLOCK_RETRIES = 3  # times a request whose claims deadlocked starts again
 
 _Column = InstrumentedAttribute[int]
 
@@ -123,10 +125,15 @@ def resize_claim(
     return _execute(session, sa.update(node).where(*conditions).values(**values))
 
 
+def _is_deadlock(exc: OperationalError) -> bool:
+    code = getattr(exc.orig, "pgcode", None)
+    return code in ("40P01", "40001")  # deadlock_detected, serialization_failure
+
+
 class HostScheduler:
     """Chooses hosts of this cell and claims them, one instance at a time.
 
-    Each claim is committed in its own short transaction. The candidates are
+    The claims of one request commit in one transaction. The candidates are
     read once per request and each claim is added to them, so the weighers see
     the new usage (spread really spreads); a claim lost to a concurrent build
     moves on to the next best host, and the candidates are read again.
@@ -164,20 +171,28 @@ class HostScheduler:
         ``count`` fit; the claims already made are released first.
         """
         count = spec.num_instances if count is None else count
-        placed: list[str] = []
-        known: list[HostCandidate] = []  # the hosts as last read, plus our own claims
-        try:
-            for index in range(count):
-                try:
-                    placed.append(self._place_one(spec, placed, known))
-                except NoValidHost as exc:
-                    raise NoValidHost(
-                        f"{exc.message} (placing instance {index + 1} of {count})"
-                    ) from exc
-        except BaseException:
-            self.release_all(spec.flavor, placed)
-            raise
-        return placed
+        for attempt in range(DEADLOCK_RETRIES + 1):
+            placed: list[str] = []
+            known: list[HostCandidate] = []  # the hosts as last read, plus our own claims
+            try:
+                # All claims of a request commit together: if one instance fits
+                # nowhere, the rollback gives back what the others took.
+                with self.sessions.begin() as session:
+                    for index in range(count):
+                        try:
+                            placed.append(self._place_one(session, spec, placed, known))
+                        except NoValidHost as exc:
+                            raise NoValidHost(
+                                f"{exc.message} (placing instance {index + 1} of {count})"
+                            ) from exc
+                return placed
+            except OperationalError as exc:
+                # Two requests locking hosts in opposite orders (PostgreSQL): the
+                # server aborts one; it starts again.
+                if attempt == DEADLOCK_RETRIES or not _is_deadlock(exc):
+                    raise
+                self.log.info("host_claims_retried", reason="deadlock")
+        raise AssertionError("unreachable")
 
     def release_all(self, flavor: FlavorSpec, hosts: Iterable[str]) -> None:
         """Release one claim of ``flavor`` per entry of ``hosts``."""
@@ -186,7 +201,9 @@ class HostScheduler:
                 release(session, host, flavor)
             self.log.info("host_claim_released", host=host, flavor=flavor.flavor_id)
 
-    def _place_one(self, spec: RequestSpec, placed: list[str], known: list[HostCandidate]) -> str:
+    def _place_one(
+        self, session: Session, spec: RequestSpec, placed: list[str], known: list[HostCandidate]
+    ) -> str:
         """Claim one host. ``known`` holds the hosts read for an earlier instance of the
         request with this request's claims added (what a read now would show, but for
         concurrent builds, whose claims the conditional UPDATE still respects); it is
@@ -198,8 +215,7 @@ class HostScheduler:
             weighed = select_or_raise(candidates, spec, self.filters, self.weighers, log=self.log)
             for choice in weighed:
                 host = choice.candidate.host
-                with self.sessions.begin() as session:
-                    won = claim(session, host, spec.flavor)
+                won = claim(session, host, spec.flavor)  # no row changes if it loses
                 if won:
                     self.log.info("host_claimed", host=host, flavor=spec.flavor.flavor_id)
                     flavor = spec.flavor
