@@ -62,18 +62,25 @@ class Batcher(Generic[T, R]):
         try:
             while state.waiting:
                 batch = self._take(state)
+                if not batch:  # every caller taken gave up
+                    continue
                 self.batches += 1
                 self.items += len(batch)
                 try:
                     results = await self._run(key, [item for item, _ in batch])
                     if len(results) != len(batch):
                         raise RuntimeError(f"batch of {len(batch)} got {len(results)} results")
-                except BaseException as exc:
+                except Exception as exc:  # handed to every caller of the batch
                     results = [exc] * len(batch)
-                    if not isinstance(exc, Exception):
-                        for (_, future), result in zip(batch, results, strict=True):
-                            _settle(future, result)
+                except asyncio.CancelledError as exc:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        # This runner itself is cancelled: so is everything waiting.
+                        for _, future in batch + state.waiting:
+                            future.cancel()
+                        state.waiting.clear()
                         raise
+                    results = [exc] * len(batch)  # only what the batch awaited was
                 for (_, future), result in zip(batch, results, strict=True):
                     _settle(future, result)
         finally:
@@ -100,7 +107,9 @@ class Batcher(Generic[T, R]):
 def _settle(future: asyncio.Future[R], result: R | BaseException) -> None:
     if future.done():
         return
-    if isinstance(result, BaseException):
+    if isinstance(result, asyncio.CancelledError):
+        future.cancel()
+    elif isinstance(result, BaseException):
         future.set_exception(result)
     else:
         future.set_result(result)

@@ -170,7 +170,14 @@ class ComputeManager:
             self._changes.update_many(
                 session,
                 [
-                    (i.uuid, {"addresses": addresses[i.uuid], "task_state": states.SPAWNING})
+                    (
+                        i.uuid,
+                        {
+                            "addresses": addresses[i.uuid],
+                            "task_state": states.SPAWNING,
+                            "availability_zone": i.availability_zone or self.host.availability_zone,
+                        },
+                    )
                     for i in going
                 ],
             )
