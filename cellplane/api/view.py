@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -63,7 +63,7 @@ class ApiView:
                 return existing, False
         try:
             with self.sessions.begin() as session:
-                return self._add(session, project_id, key, request_id, new), True
+                return self._add_many(session, [(project_id, key, request_id, new)])[0], True
         except IntegrityError:
             # A concurrent retry with the same key won the race: return its instances.
             existing = self.by_key(project_id, key)
@@ -85,9 +85,9 @@ class ApiView:
         if len(set(keys)) == len(keys):  # one key twice: let the one-at-a-time path sort it
             try:
                 with self.sessions.begin() as session:
-                    for i, (project_id, key, request_id, new) in enumerate(creates):
-                        if i not in out:
-                            out[i] = (self._add(session, project_id, key, request_id, new), True)
+                    todo = [i for i in range(len(creates)) if i not in out]
+                    made = self._add_many(session, [creates[i] for i in todo])
+                    out.update((i, (rows, True)) for i, rows in zip(todo, made, strict=True))
                 return [out[i] for i in range(len(creates))]
             except IntegrityError:
                 out = {i: v for i, v in out.items() if not v[1]}
@@ -96,58 +96,91 @@ class ApiView:
                 out[i] = self.create(project_id, key, request_id, new)
         return [out[i] for i in range(len(creates))]
 
-    def _add(
-        self,
-        session: Session,
-        project_id: str,
-        key: str,
-        request_id: str,
-        new: Sequence[NewInstance],
-    ) -> list[Instance]:
-        request = None
-        if key:
-            request = CreateRequest(
-                project_id=project_id, idempotency_key=key, request_id=request_id, instance_uuids=[]
-            )
-            session.add(request)
-            session.flush()  # a duplicate key fails here, before anything else is written
-        rows = []
-        for item in new:
-            row = Instance(
-                uuid=str(uuidlib.uuid4()),
-                name=item.name,
-                project_id=item.project_id,
-                user_id=item.user_id,
-                flavor_id=str(item.flavor.get("id", "")),
-                flavor=item.flavor,
-                image_id=item.image_id,
-                vm_state=states.BUILDING,
-                task_state=states.SCHEDULING,
-                power_state=states.NOSTATE,
-                cell_path="",
-                version=0,
-                availability_zone=item.availability_zone,
-                metadata_=item.metadata,
-                idempotency_key=key or None,
-            )
-            session.add(row)
-            rows.append(row)
-        session.flush()
-        if request is not None:
-            request.instance_uuids = [r.uuid for r in rows]
-        for row in rows:
-            log_change(session, row, "update")
-            session.add(
-                InstanceAction(
+    def _add_many(
+        self, session: Session, creates: Sequence[tuple[str, str, str, Sequence[NewInstance]]]
+    ) -> list[list[Instance]]:
+        """Rows for each ``(project_id, key, request_id, new)``: plain multi-row INSERTs
+        (instances, change log, actions) and one read back."""
+        requests: dict[int, CreateRequest] = {}
+        for i, (project_id, key, request_id, _) in enumerate(creates):
+            if key:
+                requests[i] = CreateRequest(
+                    project_id=project_id,
+                    idempotency_key=key,
                     request_id=request_id,
-                    instance_uuid=row.uuid,
-                    action="create",
-                    project_id=row.project_id,
-                    user_id=row.user_id,
-                    start_time=utcnow(),
+                    instance_uuids=[],
                 )
-            )
-        return rows
+        if requests:
+            session.add_all(requests.values())
+            session.flush()  # a duplicate key fails here, before anything else is written
+        now = utcnow()
+        values: list[dict[str, Any]] = []
+        uuids_of: list[list[str]] = []
+        for _, key, _, new in creates:
+            uuids = []
+            for item in new:
+                uuid = str(uuidlib.uuid4())
+                uuids.append(uuid)
+                values.append(
+                    {
+                        "uuid": uuid,
+                        "name": item.name,
+                        "project_id": item.project_id,
+                        "user_id": item.user_id,
+                        "flavor_id": str(item.flavor.get("id", "")),
+                        "flavor": item.flavor,
+                        "image_id": item.image_id,
+                        "vm_state": states.BUILDING,
+                        "task_state": states.SCHEDULING,
+                        "power_state": states.NOSTATE,
+                        "cell_path": "",
+                        "version": 0,
+                        "availability_zone": item.availability_zone,
+                        "metadata_": item.metadata,
+                        "addresses": [],
+                        "idempotency_key": key or None,
+                        "deleted": False,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                )
+            uuids_of.append(uuids)
+        if not values:
+            return [[] for _ in creates]
+        session.execute(insert(Instance), values)
+        rows: dict[str, Instance] = {}
+        every = [v["uuid"] for v in values]
+        for start in range(0, len(every), 500):
+            query = select(Instance).where(Instance.uuid.in_(every[start : start + 500]))
+            rows.update((r.uuid, r) for r in session.scalars(query))
+        for i, request in requests.items():
+            request.instance_uuids = uuids_of[i]
+        changes, actions = [], []
+        for (_, _, request_id, _), uuids in zip(creates, uuids_of, strict=True):
+            for uuid in uuids:
+                row = rows[uuid]
+                changes.append(
+                    {
+                        "instance_uuid": uuid,
+                        "project_id": row.project_id,
+                        "kind": "update",
+                        "version": row.version,
+                        "snapshot": codec.instance_to_proto(row).SerializeToString(),
+                    }
+                )
+                actions.append(
+                    {
+                        "request_id": request_id,
+                        "instance_uuid": uuid,
+                        "action": "create",
+                        "project_id": row.project_id,
+                        "user_id": row.user_id,
+                        "start_time": now,
+                    }
+                )
+        session.execute(insert(InstanceChange), changes)
+        session.execute(insert(InstanceAction), actions)
+        return [[rows[u] for u in uuids] for uuids in uuids_of]
 
     def by_key(self, project_id: str, key: str) -> list[Instance] | None:
         """The instances of an earlier create with this idempotency key."""
@@ -175,9 +208,11 @@ class ApiView:
         if len(set(known)) >= len(set(uuids)):
             return
         with self.sessions.begin() as session:
-            for row in session.scalars(select(Instance).where(Instance.uuid.in_(uuids))):
-                if not row.cell_path:
-                    row.cell_path = cell_path
+            session.execute(
+                update(Instance)
+                .where(Instance.uuid.in_(uuids), Instance.cell_path == "")
+                .values(cell_path=cell_path)
+            )
 
     def failed(self, uuids: Sequence[str], code: int, message: str) -> None:
         """Builds that no cell took: error state and a fault, here at the top."""
@@ -314,25 +349,35 @@ class ApiView:
         """Close the open actions of ``ended`` (uuid -> (result, host)) with an event."""
         uuids = list(ended)
         now = utcnow()
+        action = InstanceAction
         for start in range(0, len(uuids), 500):
-            for action in session.scalars(
-                select(InstanceAction).where(
-                    InstanceAction.instance_uuid.in_(uuids[start : start + 500]),
-                    InstanceAction.finish_time.is_(None),
+            open_actions = session.execute(
+                select(action.id, action.instance_uuid, action.action, action.start_time).where(
+                    action.instance_uuid.in_(uuids[start : start + 500]),
+                    action.finish_time.is_(None),
                 )
-            ):
-                result, host = ended[action.instance_uuid]
-                action.finish_time = now
-                session.add(
-                    InstanceActionEvent(
-                        action_id=action.id,
-                        event=f"compute_{action.action}",
-                        start_time=action.start_time,
-                        finish_time=now,
-                        result=result,
-                        host=host,
-                    )
-                )
+            ).all()
+            if not open_actions:
+                continue
+            session.execute(
+                update(action)
+                .where(action.id.in_([a.id for a in open_actions]))
+                .values(finish_time=now)
+            )
+            session.execute(
+                insert(InstanceActionEvent),
+                [
+                    {
+                        "action_id": a.id,
+                        "event": f"compute_{a.action}",
+                        "start_time": a.start_time,
+                        "finish_time": now,
+                        "result": ended[a.instance_uuid][0],
+                        "host": ended[a.instance_uuid][1],
+                    }
+                    for a in open_actions
+                ],
+            )
 
     def changes_after(
         self,
