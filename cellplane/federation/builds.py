@@ -89,6 +89,29 @@ def _from_here(path: str, my_path: str) -> str:
     return paths.join(*hops[len(mine) - 1 :])
 
 
+def take_sent(
+    capacity: types_pb2.Capacity,
+    sent: list[tuple[float, int, int, int, int]],
+    reported_at: float,
+) -> list[tuple[float, int, int, int, int]]:
+    """Take from ``capacity`` (a child's last report, from ``reported_at``) the builds
+    the child accepted since (``(sent_at, ram_mb, disk_gb, vcpus, instances)`` each);
+    returns those still pending. Until the child's next report says so itself, a
+    burst of builds would otherwise all go to whichever child looked emptiest."""
+    pending = [s for s in sent if s[0] > reported_at]
+    for _, ram, disk, vcpus, count in pending:
+        capacity.ram_free_mb = max(0, capacity.ram_free_mb - ram * count)
+        capacity.disk_free_gb = max(0, capacity.disk_free_gb - disk * count)
+        capacity.vcpus_free = max(0, capacity.vcpus_free - vcpus * count)
+        for units in capacity.ram_units:
+            if units.memory_mb:
+                units.units = max(0, units.units - -(-ram // units.memory_mb) * count)
+        for units in capacity.disk_units:
+            if units.disk_gb:
+                units.units = max(0, units.units - -(-disk // units.disk_gb) * count)
+    return pending
+
+
 class BuildCoordinator:
     """Handles ``build_request`` and ``instance_action`` envelopes in one cell."""
 
@@ -112,6 +135,9 @@ class BuildCoordinator:
         self.weights = weights  # child -> (weight_offset, weight_scale, disabled)
         # The cell has hosts if its config names any, whichever process runs them.
         self.runs_computes = bool(config.compute.hosts)
+        # child -> builds it took since its last report (sent_at, ram_mb, disk_gb, vcpus
+        # of each instance, instances)
+        self._sent: dict[str, list[tuple[float, int, int, int, int]]] = {}
         self.log = structlog.get_logger().bind(cell=self.name)
 
     def register(self, handlers: Any) -> None:
@@ -183,13 +209,19 @@ class BuildCoordinator:
         for channel in self.router.neighbours.children():
             report = self.state.children.get(channel.peer)
             offset, scale, disabled = self.weights(channel.peer)
+            capacity = types_pb2.Capacity()
+            if report is not None:
+                capacity.CopyFrom(report.capacity)
+                sent = self._sent.get(channel.peer)
+                if sent:
+                    sent[:] = take_sent(capacity, sent, report.capacity_at)
             out.append(
                 cell_candidate_from_capacity(
                     name=channel.peer,
                     path=paths.join(my_path, channel.peer),
                     is_self=False,
                     capabilities=report.capabilities if report else {},
-                    capacity=report.capacity if report else types_pb2.Capacity(),
+                    capacity=capacity,
                     disabled=disabled or channel.state is not LinkState.UP,
                     mute=self.state.is_mute(channel.peer),
                     weight_offset=offset,
@@ -221,6 +253,11 @@ class BuildCoordinator:
         if result.status.code != Code.OK:
             raise from_status(result.status.code, result.status.message)
         accepted = result.build
+        flavor = req.flavor
+        disk = flavor.root_gb + flavor.ephemeral_gb
+        self._sent.setdefault(child, []).append(
+            (time.time(), flavor.memory_mb, disk, flavor.vcpus, len(accepted.instance_uuids))
+        )
         above = paths.hops(my_path)[:-1]
         accepted.cell_path = paths.join(*above, accepted.cell_path)
         return accepted

@@ -38,6 +38,7 @@ class ChildReport:
     capabilities: dict[str, set[str]] = field(default_factory=dict)
     capacity: types_pb2.Capacity = field(default_factory=types_pb2.Capacity)
     received_at: float = 0.0
+    capacity_at: float = 0.0  # when ``capacity`` arrived
     mute: bool = False
 
 
@@ -206,6 +207,7 @@ class StateManager:
         child = paths.hops(env.routing_path)[-2]
         report = self._child(child)
         report.capacity = env.capacity_report.capacity
+        report.capacity_at = report.received_at
         data = _capacity_dict(report.capacity)
         delivery.db_work.append(lambda s: _store(s, child, capacities=data))
         self.changed()
