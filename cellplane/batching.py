@@ -10,7 +10,9 @@ transaction or one message carries.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable, Hashable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -113,3 +115,59 @@ def _settle(future: asyncio.Future[R], result: R | BaseException) -> None:
         future.set_exception(result)
     else:
         future.set_result(result)
+
+
+class ThreadBatcher(Generic[T, R]):
+    """:class:`Batcher` for blocking callers on threads (one key).
+
+    A caller with nobody running a batch runs one itself, for every call waiting
+    then (up to ``max_items``), and hands over; the others sleep until their
+    result is in or it is their turn to run one.
+    """
+
+    def __init__(
+        self, run: Callable[[list[T]], list[R | BaseException]], *, max_items: int = 64
+    ) -> None:
+        if max_items < 1:
+            raise ValueError("max_items must be at least 1")
+        self._run = run
+        self._max_items = max_items
+        self._cond = threading.Condition()
+        self._waiting: list[tuple[T, Future[R]]] = []
+        self._running = False
+        self.batches = 0
+
+    def submit(self, item: T) -> R:
+        """Run ``item`` (with what else is waiting) and return its result or raise."""
+        future: Future[R] = Future()
+        with self._cond:
+            self._waiting.append((item, future))
+            while not future.done():
+                if self._running:
+                    self._cond.wait()
+                    continue
+                self._running = True
+                batch = self._waiting[: self._max_items]
+                del self._waiting[: self._max_items]
+                self._cond.release()
+                try:
+                    self._run_batch(batch)
+                finally:
+                    self._cond.acquire()
+                    self._running = False
+                    self._cond.notify_all()
+        return future.result()
+
+    def _run_batch(self, batch: list[tuple[T, Future[R]]]) -> None:
+        self.batches += 1
+        try:
+            results = self._run([item for item, _ in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"batch of {len(batch)} got {len(results)} results")
+        except Exception as exc:
+            results = [exc] * len(batch)
+        for (_, future), result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)

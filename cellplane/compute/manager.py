@@ -16,12 +16,14 @@ is refused the same gentle way.
 from __future__ import annotations
 
 import contextlib
+import json
 import traceback
 from typing import Any
 
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
+from cellplane.batching import ThreadBatcher
 from cellplane.compute import states, steps
 from cellplane.compute.actions import action_key, begin_action, check_params, event_name
 from cellplane.compute.driver import FakeDriver
@@ -45,6 +47,7 @@ log = structlog.get_logger()
 # Actions whose failure leaves the instance in ERROR (the others go back).
 _ERROR_ON_FAILURE = frozenset({"rebuild", "resize", "confirm_resize", "revert_resize", "delete"})
 _MAX_FAULT_DETAILS = 8000
+MAX_BUILDS_PER_BATCH = 32  # build casts (of any size) built together
 
 
 class ComputeManager:
@@ -67,6 +70,8 @@ class ComputeManager:
         self._config = config
         self._log = log.bind(host=host.name)
         self._host = HostContext(host.name, driver, sessions, changes, network)
+        self._builds: ThreadBatcher[tuple[list[dict], dict | None], list[dict[str, Any]]]
+        self._builds = ThreadBatcher(self._build_groups, max_items=MAX_BUILDS_PER_BATCH)
 
     # -- RPC methods -------------------------------------------------------
 
@@ -118,6 +123,41 @@ class ComputeManager:
         return self._summary(instance)
 
     def build_and_run_instances(
+        self, builds: list[dict], image_properties: dict | None = None
+    ) -> list[dict[str, Any]]:
+        """:meth:`build_and_run_instance` for many instances of one image in a few
+        transactions (see :meth:`_build_many`); casts that arrive while one runs
+        are built together next."""
+        return self._builds.submit((builds, image_properties))
+
+    def _build_groups(
+        self, calls: list[tuple[list[dict], dict | None]]
+    ) -> list[list[dict[str, Any]] | BaseException]:
+        # One batch per image (its properties decide how spawning goes).
+        groups: dict[str, list[int]] = {}
+        for index, (_, properties) in enumerate(calls):
+            key = json.dumps(properties, sort_keys=True, default=str)
+            groups.setdefault(key, []).append(index)
+        out: list[list[dict[str, Any]] | BaseException] = [[] for _ in calls]
+        for indexes in groups.values():
+            builds = [b for i in indexes for b in calls[i][0]]
+            try:
+                done = {
+                    r["instance_uuid"]: r for r in self._build_many(builds, calls[indexes[0]][1])
+                }
+            except Exception as exc:
+                for i in indexes:
+                    out[i] = exc
+                continue
+            for i in indexes:
+                out[i] = [
+                    done[str(b["instance_uuid"])]
+                    for b in calls[i][0]
+                    if str(b["instance_uuid"]) in done
+                ]
+        return out
+
+    def _build_many(
         self, builds: list[dict], image_properties: dict | None = None
     ) -> list[dict[str, Any]]:
         """:meth:`build_and_run_instance` for many instances of one image in a few

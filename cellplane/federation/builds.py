@@ -292,20 +292,12 @@ class BuildCoordinator:
                 {"instance_uuid": instance.uuid, "request_id": request_id}
             )
         for host, builds in per_host.items():
-            if len(builds) == 1:
-                rpc.cast(
-                    f"compute.{host}",
-                    "build_and_run_instance",
-                    image_properties=properties,
-                    **builds[0],
-                )
-            else:
-                rpc.cast(
-                    f"compute.{host}",
-                    "build_and_run_instances",
-                    builds=builds,
-                    image_properties=properties,
-                )
+            rpc.cast(
+                f"compute.{host}",
+                "build_and_run_instances",
+                builds=builds,
+                image_properties=properties,
+            )
 
     def _create(self, req: link_pb2.BuildRequest, hosts: list[str]) -> None:
         with self.sessions.begin() as session:
