@@ -133,7 +133,7 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
             max_running=1,  # one writer at a time anyway: the others wait and merge
             size=lambda c: len(c.names),
         )
-        self._builds: Batcher[tuple[link_pb2.BuildRequest, float, bool], None] = Batcher(
+        self._builds: Batcher[tuple[link_pb2.BuildRequest, float, bool], list[Instance]] = Batcher(
             self._schedule_many, max_items=MERGED_INSTANCES, size=lambda b: len(b[0].instances)
         )
 
@@ -282,7 +282,7 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
             request.availability_zone,
         )
         try:
-            await self._builds.submit(key, (build, deadline, caller.is_admin))
+            return await self._builds.submit(key, (build, deadline, caller.is_admin))
         except CellplaneError as exc:
             if exc.code in {Code.PERMISSION_DENIED, Code.INVALID_ARGUMENT}:
                 await asyncio.to_thread(self.view.failed, uuids, int(exc.code), str(exc))
@@ -294,9 +294,10 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
 
     async def _schedule_many(
         self, key: object, builds: list[tuple[link_pb2.BuildRequest, float, bool]]
-    ) -> list[BaseException | None]:
+    ) -> list[list[Instance] | BaseException]:
         """Send alike builds down as one request (their instances together); if that
-        fails, each on its own, so that no build fails for sharing a request."""
+        fails, each on its own, so that no build fails for sharing a request. Each
+        gets its instances as the view holds them afterwards."""
         del key
         if len(builds) > 1:
             merged = link_pb2.BuildRequest()
@@ -308,21 +309,31 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
                     merged.request_ids[instance.uuid] = build.request_id
             deadline = min(d for _, d, _ in builds)
             try:
-                await self._place(merged, deadline, builds[0][2])
-                return [None] * len(builds)
+                rows = await self._place(merged, deadline, builds[0][2])
+                return [[rows[i.uuid] for i in b.instances if i.uuid in rows] for b, _, _ in builds]
             except CellplaneError as exc:
                 log.info("merged_build_split", builds=len(builds), error=str(exc))
-        results = await asyncio.gather(
+        placed = await asyncio.gather(
             *[self._place(b, d, admin) for b, d, admin in builds], return_exceptions=True
         )
-        return [r if isinstance(r, BaseException) else None for r in results]
+        return [
+            r if isinstance(r, BaseException) else [r[i.uuid] for i in b.instances if i.uuid in r]
+            for r, (b, _, _) in zip(placed, builds, strict=True)
+        ]
 
-    async def _place(self, build: link_pb2.BuildRequest, deadline: float, is_admin: bool) -> None:
+    async def _place(
+        self, build: link_pb2.BuildRequest, deadline: float, is_admin: bool
+    ) -> dict[str, Instance]:
         accepted = await self.cell.builds.schedule(
             build, self.cell.name, deadline, is_admin=is_admin
         )
         uuids = [i.uuid for i in build.instances]
-        await asyncio.to_thread(self.view.placed, uuids, accepted.cell_path)
+
+        def placed() -> dict[str, Instance]:  # one thread hop for both
+            self.view.placed(uuids, accepted.cell_path)
+            return {row.uuid: row for row in self.view.get_many(uuids)}
+
+        return await asyncio.to_thread(placed)
 
     # --- reading ---------------------------------------------------------------------
 
