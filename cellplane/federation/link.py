@@ -287,7 +287,10 @@ class ParentDialer:
         ep = self.endpoint
         options = client_options(ep.max_message_bytes)
         if ep.tls is not None:
-            target_name = self.parent.address.rpartition(":")[0]
+            # The parent's certificate must name the parent cell (as the parent checks
+            # its children's): TLS verifies this name instead of the address's host.
+            identity = ep.tls_identities.get(self.parent.name) or self.parent.name
+            target_name = security.identity_san(identity)
             creds = security.channel_credentials(ep.tls)
             grpc_channel = grpc.aio.secure_channel(
                 self.parent.address,

@@ -197,6 +197,12 @@ def _values(auth_context: AuthContext, key: str) -> list[bytes]:
     return list(raw)
 
 
+def identity_san(identity: str) -> str:
+    """The DNS SAN a certificate of ``identity`` (a cell name, or its full
+    ``<cell>.cells.cellplane`` form) carries."""
+    return f"{_identity_name(identity)}{CELL_SAN_SUFFIX}"
+
+
 def _identity_name(identity: str) -> str:
     name = identity.strip().lower().rstrip(".")
     return name[: -len(CELL_SAN_SUFFIX)] if name.endswith(CELL_SAN_SUFFIX) else name
