@@ -342,6 +342,7 @@ class RpcServer:
     def _flush_acks(self) -> None:
         done = self._done
         inflight = self._inflight
+        lost = False
         while done:
             message = done.popleft()
             if message in inflight:
@@ -350,6 +351,11 @@ class RpcServer:
                     message.ack()
                 except Exception as exc:  # lost channel: the broker redelivers it
                     self._log.warning("rpc_ack_failed", error=str(exc))
+                    lost = True
+        if lost and not self._stopping.is_set():
+            # A failed write can leave the connection looking alive to the reads
+            # (seen with a socket shut down under it): consume on a new one.
+            self._reconnect()
 
     def _handle(self, message: Any) -> None:
         body: Any = None
