@@ -5,7 +5,7 @@ States are stored as Nova's lower-case names and travel as the protobuf enums.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -53,12 +53,25 @@ def task_state_from_proto(number: int) -> str | None:
 
 
 def timestamp(value: datetime | None) -> Timestamp | None:
-    """A protobuf timestamp of an aware datetime."""
+    """A protobuf timestamp of a datetime (naive ones are UTC, as stored)."""
     if value is None:
         return None
     stamp = Timestamp()
-    stamp.FromDatetime(value)
+    set_timestamp(stamp, value)
     return stamp
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def set_timestamp(stamp: Timestamp, value: datetime) -> None:
+    """Set ``stamp`` to ``value`` in place (what ``FromDatetime`` does, at half the cost:
+    this runs three times for every instance put on the wire)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    delta = value - _EPOCH
+    stamp.seconds = delta.days * 86400 + delta.seconds
+    stamp.nanos = delta.microseconds * 1000
 
 
 def flavor_to_proto(flavor: Flavor | dict[str, Any]) -> types_pb2.Flavor:
@@ -152,9 +165,9 @@ def instance_to_proto(row: Instance, *, cell_path: str | None = None) -> types_p
         for a in row.addresses or []
     )
     for name in ("created_at", "updated_at", "launched_at"):
-        stamp = timestamp(getattr(row, name))
-        if stamp is not None:
-            getattr(out, name).CopyFrom(stamp)
+        value = getattr(row, name)
+        if value is not None:
+            set_timestamp(getattr(out, name), value)
     return out
 
 
@@ -181,5 +194,8 @@ def instance_fields(msg: types_pb2.Instance) -> dict[str, Any]:
     }
     for name in ("created_at", "updated_at", "launched_at"):
         if msg.HasField(name):
-            fields[name] = getattr(msg, name).ToDatetime(tzinfo=UTC)
+            stamp = getattr(msg, name)
+            fields[name] = _EPOCH + timedelta(
+                seconds=stamp.seconds, microseconds=stamp.nanos // 1000
+            )
     return fields
