@@ -83,6 +83,11 @@ class Batcher(Generic[T, R]):
                         state.waiting.clear()
                         raise
                     results = [exc] * len(batch)  # only what the batch awaited was
+                except BaseException as exc:  # interrupted: nobody may wait forever
+                    for _, future in batch + state.waiting:
+                        _settle(future, exc)
+                    state.waiting.clear()
+                    raise
                 for (_, future), result in zip(batch, results, strict=True):
                     _settle(future, result)
         finally:
@@ -166,6 +171,10 @@ class ThreadBatcher(Generic[T, R]):
                 raise RuntimeError(f"batch of {len(batch)} got {len(results)} results")
         except Exception as exc:
             results = [exc] * len(batch)
+        except BaseException as exc:  # interrupted: nobody may wait for this batch forever
+            for _, future in batch:
+                future.set_exception(exc)
+            raise
         for (_, future), result in zip(batch, results, strict=True):
             if isinstance(result, BaseException):
                 future.set_exception(result)

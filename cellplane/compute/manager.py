@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -48,6 +49,7 @@ log = structlog.get_logger()
 _ERROR_ON_FAILURE = frozenset({"rebuild", "resize", "confirm_resize", "revert_resize", "delete"})
 _MAX_FAULT_DETAILS = 8000
 MAX_BUILDS_PER_BATCH = 32  # build casts (of any size) built together
+_UPDATE_ATTEMPTS = 3  # batch updates tried again without instances deleted meanwhile
 
 
 class ComputeManager:
@@ -191,6 +193,15 @@ class ComputeManager:
                 results[uuid] = self.build_and_run_instance(uuid, requests[uuid], image_properties)
             except InstanceNotFound:
                 results[uuid] = {"instance_uuid": uuid, "ok": False, "vm_state": "deleted"}
+            except Exception as exc:  # one failure must not cost the others their builds
+                self._log.exception("build_failed_unexpectedly", instance=uuid)
+                code, message = status_of(exc)
+                results[uuid] = {
+                    "instance_uuid": uuid,
+                    "ok": False,
+                    "code": int(code),
+                    "message": message,
+                }
         return [results[u] for u in requests if u in results]
 
     def _build_batch(
@@ -206,21 +217,22 @@ class ComputeManager:
         for uuid, message in refused.items():
             failed[uuid] = ResourceExhausted(message)
         going = [i for i in batch if i.uuid in addresses]
-        with self._sessions.begin() as session:
-            self._changes.update_many(
-                session,
-                [
-                    (
-                        i.uuid,
-                        {
-                            "addresses": addresses[i.uuid],
-                            "task_state": states.SPAWNING,
-                            "availability_zone": i.availability_zone or self.host.availability_zone,
-                        },
-                    )
-                    for i in going
-                ],
-            )
+        _, gone = self._update_live(
+            [
+                (
+                    i.uuid,
+                    {
+                        "addresses": addresses[i.uuid],
+                        "task_state": states.SPAWNING,
+                        "availability_zone": i.availability_zone or self.host.availability_zone,
+                    },
+                )
+                for i in going
+            ]
+        )
+        for uuid in gone:  # deleted meanwhile: cleaned up as a failed build would be
+            failed[uuid] = InstanceNotFound(f"instance {uuid} was deleted while building")
+        going = [i for i in going if i.uuid not in gone]
         spawned = []
         running = set(self._driver.list_instances())
         for instance in going:
@@ -232,30 +244,34 @@ class ComputeManager:
                 spawned.append(instance)
             except Exception as exc:
                 failed[instance.uuid] = exc
-        with self._sessions.begin() as session:
-            now = utcnow()
-            done = self._changes.update_many(
-                session,
-                [
-                    (
-                        i.uuid,
-                        {
-                            "vm_state": states.ACTIVE,
-                            "task_state": None,
-                            "power_state": self._driver.get_power_state(i.uuid),
-                            "launched_at": now,
-                        },
-                    )
-                    for i in spawned
-                ],
-            )
+        now = utcnow()
+
+        def events(session: Session, done: list[Instance]) -> None:
             record_events(
                 session,
-                [(i.uuid, requests[i.uuid]) for i in spawned],
+                [(i.uuid, requests[i.uuid]) for i in done],
                 "compute_build_and_run_instance",
                 "Success",
                 host=host,
             )
+
+        done, gone = self._update_live(
+            [
+                (
+                    i.uuid,
+                    {
+                        "vm_state": states.ACTIVE,
+                        "task_state": None,
+                        "power_state": self._driver.get_power_state(i.uuid),
+                        "launched_at": now,
+                    },
+                )
+                for i in spawned
+            ],
+            events,
+        )
+        for uuid in gone:
+            failed[uuid] = InstanceNotFound(f"instance {uuid} was deleted while building")
         for instance in done:
             results[instance.uuid] = self._summary(instance)
         self._log.info("instances_built", count=len(done), failed=len(failed))
@@ -265,6 +281,28 @@ class ComputeManager:
             spec = flavor_spec(instance.flavor_id, dict(instance.flavor))
             results[uuid] = self._fail_build(uuid, requests[uuid], spec, error)
         return results
+
+    def _update_live(
+        self,
+        items: list[tuple[str, dict[str, Any]]],
+        also: Callable[[Session, list[Instance]], None] | None = None,
+    ) -> tuple[list[Instance], list[str]]:
+        """``update_many`` of ``items`` (then ``also``) in one transaction, leaving out
+        instances deleted meanwhile: (the updated instances, the uuids left out)."""
+        gone: list[str] = []
+        for _ in range(_UPDATE_ATTEMPTS):
+            try:
+                with self._sessions.begin() as session:
+                    done = self._changes.update_many(session, items)
+                    if also is not None:
+                        also(session, done)
+                    return done, gone
+            except InstanceNotFound:
+                with self._sessions() as session:
+                    live = {i.uuid for i in self._changes.get_many(session, [u for u, _ in items])}
+                gone += [u for u, _ in items if u not in live]
+                items = [(u, c) for u, c in items if u in live]
+        raise CellplaneError(f"instances kept disappearing while {len(items)} were updated")
 
     def run_action(
         self, instance_uuid: str, action: str, request_id: str = "", params: dict | None = None

@@ -348,3 +348,33 @@ def test_a_batch_build_sets_the_host_zone_as_a_single_build_does(cell: Cell) -> 
     assert cell.instance(alone["instance_uuid"]).availability_zone == "az-1"
     for build in batched:
         assert cell.instance(build["instance_uuid"]).availability_zone == "az-1"
+
+
+def test_an_instance_deleted_while_its_batch_spawns_is_cleaned_up_and_the_rest_built_once(
+    cell: Cell,
+) -> None:
+    host = cell.hosts[0]
+    builds = cell.create(3)
+    victim = builds[1]["instance_uuid"]
+    driver = cell.compute.drivers[host]
+    spawn = driver.spawn
+    deleted: list[str] = []
+
+    def spawn_then_delete(uuid: str, *args: Any, **kwargs: Any) -> None:
+        spawn(uuid, *args, **kwargs)
+        if not deleted:  # the user deletes the victim while the batch spawns
+            deleted.append(victim)
+            with cell.sessions.begin() as session:
+                cell.changes.destroy(session, victim)
+
+    driver.spawn = spawn_then_delete  # type: ignore[method-assign]
+    results = _by_uuid(cell.manager().build_and_run_instances(builds))
+    assert deleted == [victim]
+    assert victim not in driver.list_instances()  # its guest did not outlive it
+    assert victim not in cell.held()  # nor its address
+    survivors = {b["instance_uuid"] for b in builds} - {victim}
+    for uuid in survivors:
+        assert results[uuid]["ok"] and cell.instance(uuid).vm_state == states.ACTIVE
+    # Each survivor went building -> spawning -> active once: versions 1, 2, 3.
+    assert {cell.instance(uuid).version for uuid in survivors} == {3}
+    assert not results[victim]["ok"]

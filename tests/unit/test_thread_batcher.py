@@ -91,3 +91,17 @@ def test_max_items_limits_a_batch_and_nobody_is_left_waiting() -> None:
 def test_max_items_below_one_is_refused() -> None:
     with pytest.raises(ValueError):
         ThreadBatcher(lambda items: list(items), max_items=0)
+
+
+def test_an_interrupted_batch_releases_everyone_waiting_on_it() -> None:
+    class Interrupt(BaseException):
+        pass
+
+    def run(items: list[int]) -> list[int | BaseException]:
+        raise Interrupt()
+
+    batcher: ThreadBatcher[int, int] = ThreadBatcher(run)
+    with pytest.raises(Interrupt):
+        batcher.submit(1)
+    assert batcher.batches == 1  # no batch ran after it, empty or not
+    assert not batcher._running and not batcher._waiting
