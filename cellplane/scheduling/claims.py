@@ -9,6 +9,7 @@ what lets the host scheduler filter on a snapshot and still never over-commit.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -125,6 +126,18 @@ def resize_claim(
     return _execute(session, sa.update(node).where(*conditions).values(**values))
 
 
+def _claimed(candidate: HostCandidate, flavor: FlavorSpec, count: int) -> HostCandidate:
+    """``candidate`` with ``count`` more claims of ``flavor`` on it."""
+    if not count:
+        return candidate
+    return replace(
+        candidate,
+        vcpus_used=candidate.vcpus_used + flavor.vcpus * count,
+        memory_mb_used=candidate.memory_mb_used + flavor.memory_mb * count,
+        disk_gb_used=candidate.disk_gb_used + flavor.disk_gb * count,
+    )
+
+
 def _is_deadlock(exc: OperationalError) -> bool:
     code = getattr(exc.orig, "pgcode", None)
     return code in ("40P01", "40001")  # deadlock_detected, serialization_failure
@@ -210,7 +223,10 @@ class HostScheduler:
         read again when empty or after a lost claim."""
         for _ in range(MAX_CLAIM_ROUNDS):
             if not known:
-                known[:] = self.candidates(spec)
+                # A fresh read cannot see this request's claims: they commit together
+                # at its end. Add them, as the claims below add each new one.
+                mine = Counter(placed)
+                known[:] = [_claimed(c, spec.flavor, mine[c.host]) for c in self.candidates(spec)]
             candidates = with_pending(known, spec, placed)
             weighed = select_or_raise(candidates, spec, self.filters, self.weighers, log=self.log)
             for choice in weighed:
@@ -218,18 +234,7 @@ class HostScheduler:
                 won = claim(session, host, spec.flavor)  # no row changes if it loses
                 if won:
                     self.log.info("host_claimed", host=host, flavor=spec.flavor.flavor_id)
-                    flavor = spec.flavor
-                    known[:] = [
-                        c
-                        if c.host != host
-                        else replace(
-                            c,
-                            vcpus_used=c.vcpus_used + flavor.vcpus,
-                            memory_mb_used=c.memory_mb_used + flavor.memory_mb,
-                            disk_gb_used=c.disk_gb_used + flavor.disk_gb,
-                        )
-                        for c in known
-                    ]
+                    known[:] = [_claimed(c, spec.flavor, c.host == host) for c in known]
                     return host
                 known.clear()  # someone else claimed: read the hosts again next time
                 self.log.info("host_claim_lost", host=host, flavor=spec.flavor.flavor_id)

@@ -19,6 +19,7 @@ from cellplane.db import Base, ComputeNode, Instance, Service, create_engine, ut
 from cellplane.db import make_session_factory as make_sessions
 from cellplane.errors import InvalidArgument, NoValidHost, PermissionDenied
 from cellplane.scheduling import cells, hosts
+from cellplane.scheduling import claims as claims_module
 from cellplane.scheduling.claims import HostScheduler, claim, release, resize_claim
 from cellplane.scheduling.framework import Weigher, normalize, select, select_or_raise, weigh
 from cellplane.scheduling.spec import FlavorSpec, Hints, RequestSpec
@@ -471,3 +472,26 @@ def test_host_scheduler_releases_its_claims_when_the_rest_do_not_fit(
     assert node(sessions, "a").running_vms == 0 and node(sessions, "b").memory_mb_used == 0
     with pytest.raises(NoValidHost, match="RamFilter"):
         scheduler.place(spec(flavor=BIG), 1)
+
+
+def test_a_lost_claim_rereads_hosts_with_this_requests_own_claims_counted(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_host(sessions, "a", memory_mb=4096)
+    add_host(sessions, "b", memory_mb=4096)
+    lost: list[str] = []
+
+    def claim_losing_once(session: Session, host: str, flavor: FlavorSpec) -> bool:
+        if len(lost) == 0 and host == "b":
+            lost.append(host)  # a concurrent build took it: the hosts are read again
+            return False
+        return claim(session, host, flavor)
+
+    monkeypatch.setattr(claims_module, "claim", claim_losing_once)
+    spread = HostScheduler(sessions, SchedulerConfig(ram_weight_multiplier=1.0))
+    placed = spread.place(spec(), 4)
+    assert lost == ["b"]
+    # a; then b is lost and the next best, a, taken; then the hosts are read again:
+    # the read does not show a's two uncommitted claims, but the scheduler counts
+    # them, so the last two go to b.
+    assert placed == ["a", "a", "b", "b"]
