@@ -29,7 +29,7 @@ from cellplane.db.models import (
 )
 from cellplane.errors import InstanceNotFound
 from cellplane.federation import codec
-from cellplane.federation.outbox import log_change
+from cellplane.federation.outbox import change_row, log_change
 from cellplane.v1 import types_pb2
 
 
@@ -159,15 +159,7 @@ class ApiView:
         for (_, _, request_id, _), uuids in zip(creates, uuids_of, strict=True):
             for uuid in uuids:
                 row = rows[uuid]
-                changes.append(
-                    {
-                        "instance_uuid": uuid,
-                        "project_id": row.project_id,
-                        "kind": "update",
-                        "version": row.version,
-                        "snapshot": codec.instance_to_proto(row).SerializeToString(),
-                    }
-                )
+                changes.append(change_row(row, "update"))
                 actions.append(
                     {
                         "request_id": request_id,

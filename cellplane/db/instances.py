@@ -276,26 +276,7 @@ def record_event(
     details: str = "",
 ) -> None:
     """Record one finished step of an action (and finish the action with it)."""
-    action = session.scalar(
-        select(InstanceAction).where(
-            InstanceAction.instance_uuid == instance_uuid, InstanceAction.request_id == request_id
-        )
-    )
-    if action is None:
-        return
-    now = utcnow()
-    session.add(
-        InstanceActionEvent(
-            action_id=action.id,
-            event=event,
-            start_time=action.start_time,
-            finish_time=now,
-            result=result,
-            host=host,
-            details=details,
-        )
-    )
-    action.finish_time = now
+    record_events(session, [(instance_uuid, request_id)], event, result, host=host, details=details)
 
 
 def record_events(
@@ -305,21 +286,26 @@ def record_events(
     result: str,
     *,
     host: str | None = None,
+    details: str = "",
 ) -> None:
-    """:func:`record_event` for many ``(instance_uuid, request_id)`` in one read."""
+    """Record one finished step of the action ``request_id`` of each
+    ``(instance_uuid, request_id)`` (and finish the action with it), in one read."""
     if not events:
         return
     wanted = set(events)
     now = utcnow()
-    uuids = list({uuid for uuid, _ in events})
-    for start in range(0, len(uuids), _IN_CHUNK):
+    pairs = sorted(wanted)
+    for start in range(0, len(pairs), _IN_CHUNK):
+        chunk = pairs[start : start + _IN_CHUNK]
         for action in session.scalars(
             select(InstanceAction).where(
-                InstanceAction.instance_uuid.in_(uuids[start : start + _IN_CHUNK])
+                InstanceAction.instance_uuid.in_({uuid for uuid, _ in chunk}),
+                InstanceAction.request_id.in_({request_id for _, request_id in chunk}),
             )
         ):
             if (action.instance_uuid, action.request_id) not in wanted:
                 continue
+            wanted.discard((action.instance_uuid, action.request_id))  # one action each
             session.add(
                 InstanceActionEvent(
                     action_id=action.id,
@@ -328,6 +314,7 @@ def record_events(
                     finish_time=now,
                     result=result,
                     host=host,
+                    details=details,
                 )
             )
             action.finish_time = now

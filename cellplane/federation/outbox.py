@@ -24,7 +24,7 @@ from cellplane.federation import codec, envelopes, paths, pushes
 from cellplane.federation.channel import PeerChannel
 from cellplane.federation.dispatch import Delivery
 from cellplane.federation.neighbours import Neighbours
-from cellplane.v1 import link_pb2
+from cellplane.v1 import link_pb2, types_pb2
 
 MAX_IN_FLIGHT = 20_000  # unacked pushes per parent before the sender waits
 BATCH_ROWS = 2_000
@@ -60,18 +60,24 @@ def encode_push(instance: Instance, kind: str, fault: InstanceFault | None) -> t
     return _PAYLOAD_OF_KIND[kind], message.SerializeToString()
 
 
+def change_row(
+    instance: Instance, kind: str, proto: types_pb2.Instance | None = None
+) -> dict[str, Any]:
+    """The API cell's change log row for ``kind`` of ``instance`` as it is now
+    (``proto``: the instance already encoded, if it is)."""
+    snapshot = proto if proto is not None else codec.instance_to_proto(instance)
+    return {
+        "instance_uuid": instance.uuid,
+        "project_id": instance.project_id,
+        "kind": kind,
+        "version": instance.version,
+        "snapshot": snapshot.SerializeToString(),
+    }
+
+
 def log_change(session: Session, instance: Instance, kind: str) -> None:
     """Add a row to the API cell's change log, with the instance as it is now."""
-    snapshot = codec.instance_to_proto(instance).SerializeToString()
-    session.add(
-        InstanceChange(
-            instance_uuid=instance.uuid,
-            project_id=instance.project_id,
-            kind=kind,
-            version=instance.version,
-            snapshot=snapshot,
-        )
-    )
+    session.add(InstanceChange(**change_row(instance, kind)))
 
 
 class Outbox:
@@ -109,15 +115,7 @@ class Outbox:
         for instance in instances:
             proto = codec.instance_to_proto(instance)
             if self.change_log:
-                log.append(
-                    {
-                        "instance_uuid": instance.uuid,
-                        "project_id": instance.project_id,
-                        "kind": "update",
-                        "version": instance.version,
-                        "snapshot": proto.SerializeToString(),
-                    }
-                )
+                log.append(change_row(instance, "update", proto))
             if peers:
                 self.written(session)
                 payload = link_pb2.InstanceUpdate(instance=proto).SerializeToString()

@@ -62,8 +62,13 @@ def allocate(
         )
         if address is not None:
             return [{"pool": name, "address": address, "version": network.version}]
+    raise PoolExhausted(exhausted_message(pools))
+
+
+def exhausted_message(pools: Sequence[tuple[str, str]]) -> str:
+    """What an allocation that no pool had room for says, naming every pool."""
     described = ", ".join(f"{name} ({cidr})" for name, cidr in pools) or "none configured"
-    raise PoolExhausted(f"no free fixed IP address in pools: {described}")
+    return f"no free fixed IP address in pools: {described}"
 
 
 def allocate_many(
@@ -112,18 +117,9 @@ def _reuse_many(
     ).all()
     taken: list[str] = []
     for candidate in candidates:
-        uuid = instance_uuids[len(taken)]
-        won = session.connection().execute(
-            sa.update(row)
-            .where(row.id == candidate.id, row.instance_uuid.is_(None))
-            .values(instance_uuid=uuid, allocated_at=utcnow())
-        )
-        if won.rowcount != 1:
-            continue
-        if ipaddress.ip_address(candidate.address) not in network:
-            session.connection().execute(sa.delete(row).where(row.id == candidate.id))
-            continue
-        taken.append(str(candidate.address))
+        address = _take_released(session, candidate, network, instance_uuids[len(taken)])
+        if address is not None:
+            taken.append(address)
     if len(taken) == len(candidates) or len(taken) == len(instance_uuids):
         return taken
     # Raced for some: the usual one-at-a-time path for the rest.
@@ -225,16 +221,29 @@ def _reuse(session: Session, pool: str, network: Network, instance_uuid: str) ->
         ).first()
         if candidate is None:
             return None
-        taken = session.connection().execute(
-            sa.update(row)
-            .where(row.id == candidate.id, row.instance_uuid.is_(None))
-            .values(instance_uuid=instance_uuid, allocated_at=utcnow())
-        )
-        if taken.rowcount == 1:
-            if ipaddress.ip_address(candidate.address) in network:
-                return str(candidate.address)
-            # The pool's CIDR changed since: retire the stray row for good.
-            session.connection().execute(sa.delete(row).where(row.id == candidate.id))
+        address = _take_released(session, candidate, network, instance_uuid)
+        if address is not None:
+            return address
+    return None
+
+
+def _take_released(
+    session: Session, candidate: Any, network: Network, instance_uuid: str
+) -> str | None:
+    """Give the released row ``candidate`` (id, address) to ``instance_uuid``; None if
+    a concurrent allocation took it first, or if it lies outside ``network`` (the
+    pool's CIDR changed since: the stray row is retired for good)."""
+    row = IpAllocation
+    taken = session.connection().execute(
+        sa.update(row)
+        .where(row.id == candidate.id, row.instance_uuid.is_(None))
+        .values(instance_uuid=instance_uuid, allocated_at=utcnow())
+    )
+    if taken.rowcount != 1:
+        return None
+    if ipaddress.ip_address(candidate.address) in network:
+        return str(candidate.address)
+    session.connection().execute(sa.delete(row).where(row.id == candidate.id))
     return None
 
 

@@ -69,9 +69,8 @@ class NetworkEndpoint:
             addresses, left = ipam.allocate_many(
                 session, self._pools, [u for u in uuids if u in live]
             )
-        described = ", ".join(f"{n} ({c})" for n, c in self._pools) or "none configured"
         for uuid in left:
-            failed[uuid] = f"no free fixed IP address in pools: {described}"
+            failed[uuid] = ipam.exhausted_message(self._pools)
         log.info("fixed_ips_allocated", count=len(addresses), failed=len(failed))
         return {"addresses": addresses, "failed": failed}
 
