@@ -29,7 +29,7 @@ from cellplane.db.models import (
 )
 from cellplane.errors import InstanceNotFound
 from cellplane.federation import codec
-from cellplane.federation.outbox import change_row, log_change
+from cellplane.federation.outbox import change_row, log_change, log_changes
 from cellplane.v1 import types_pb2
 
 
@@ -170,7 +170,7 @@ class ApiView:
                         "start_time": now,
                     }
                 )
-        session.execute(insert(InstanceChange), changes)
+        log_changes(session, changes)
         session.execute(insert(InstanceAction), actions)
         return [[rows[u] for u in uuids] for uuids in uuids_of]
 

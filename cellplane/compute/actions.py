@@ -13,8 +13,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from cellplane.compute import states
-from cellplane.db.instances import InstanceChanges, start_action
-from cellplane.db.models import Instance
+from cellplane.db.instances import InstanceChanges, InstanceRow, start_action
 from cellplane.errors import InvalidArgument
 
 _FLAVOR_SIZES = ("vcpus", "memory_mb", "root_gb")
@@ -74,7 +73,7 @@ def begin_action(
     params: Mapping[str, Any] | None = None,
     user_id: str = "",
     message: str = "",
-) -> Instance:
+) -> InstanceRow:
     """Accept ``action`` on instance ``uuid`` in the caller's transaction.
 
     Raises InstanceNotFound, InvalidArgument (unknown action or bad params) or
@@ -85,8 +84,8 @@ def begin_action(
     key = action_key(action, params)
     if params is not None:  # without params they are checked when the action runs
         check_params(key, params)
-    instance = changes.get(session, uuid, for_update=True)
-    step = states.check_allowed(key, uuid, instance.vm_state, instance.task_state)
+    held = changes.get(session, uuid, for_update=True)
+    step = states.check_allowed(key, uuid, held.vm_state, held.task_state)
     instance = changes.update(session, uuid, task_state=step.task)
     start_action(session, instance, action_name(key), request_id, user_id=user_id, message=message)
     return instance

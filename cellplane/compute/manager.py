@@ -31,7 +31,7 @@ from cellplane.compute.driver import FakeDriver
 from cellplane.compute.resources import flavor_spec, release
 from cellplane.compute.steps import STEPS, HostContext, Run
 from cellplane.config import ComputeConfig, HostConfig
-from cellplane.db.instances import InstanceChanges, record_event, record_events
+from cellplane.db.instances import InstanceChanges, InstanceRow, record_event, record_events
 from cellplane.db.models import Instance, utcnow
 from cellplane.errors import (
     CellplaneError,
@@ -111,7 +111,7 @@ class ComputeManager:
             if uuid not in self._driver.list_instances():  # else spawned before a redelivery
                 self._driver.spawn(uuid, flavor, image_id, image_properties)
             with self._sessions.begin() as session:
-                instance = self._changes.update(
+                built = self._changes.update(
                     session, uuid, vm_state=states.ACTIVE, task_state=None,
                     power_state=self._driver.get_power_state(uuid), launched_at=utcnow(),
                 )  # fmt: skip
@@ -122,7 +122,7 @@ class ComputeManager:
         except Exception as exc:
             return self._fail_build(uuid, request_id, flavor_spec(instance.flavor_id, flavor), exc)
         self._log.info("instance_built", instance=uuid, addresses=addresses)
-        return self._summary(instance)
+        return self._summary(built)
 
     def build_and_run_instances(
         self, builds: list[dict], image_properties: dict | None = None
@@ -246,7 +246,7 @@ class ComputeManager:
                 failed[instance.uuid] = exc
         now = utcnow()
 
-        def events(session: Session, done: list[Instance]) -> None:
+        def events(session: Session, done: list[InstanceRow]) -> None:
             record_events(
                 session,
                 [(i.uuid, requests[i.uuid]) for i in done],
@@ -272,8 +272,8 @@ class ComputeManager:
         )
         for uuid in gone:
             failed[uuid] = InstanceNotFound(f"instance {uuid} was deleted while building")
-        for instance in done:
-            results[instance.uuid] = self._summary(instance)
+        for row in done:
+            results[row.uuid] = self._summary(row)
         self._log.info("instances_built", count=len(done), failed=len(failed))
         by_uuid = {i.uuid: i for i in batch}
         for uuid, error in failed.items():
@@ -285,8 +285,8 @@ class ComputeManager:
     def _update_live(
         self,
         items: list[tuple[str, dict[str, Any]]],
-        also: Callable[[Session, list[Instance]], None] | None = None,
-    ) -> tuple[list[Instance], list[str]]:
+        also: Callable[[Session, list[InstanceRow]], None] | None = None,
+    ) -> tuple[list[InstanceRow], list[str]]:
         """``update_many`` of ``items`` (then ``also``) in one transaction, leaving out
         instances deleted meanwhile: (the updated instances, the uuids left out)."""
         gone: list[str] = []
@@ -315,9 +315,8 @@ class ComputeManager:
             with self._sessions.begin() as session:
                 instance = self._changes.get(session, uuid)
                 if instance.task_state != step.task:
-                    instance = begin_action(
-                        session, self._changes, uuid, action, request_id, params=params
-                    )
+                    # ``instance`` reads the values this leaves it with.
+                    begin_action(session, self._changes, uuid, action, request_id, params=params)
                 run = Run(
                     uuid, key, request_id, params, instance.vm_state, instance.flavor_id,
                     dict(instance.flavor), instance.image_id, instance.host,
@@ -334,20 +333,19 @@ class ComputeManager:
             with self._sessions.begin() as session:
                 if outcome.db_work is not None:
                     outcome.db_work(session)
+                final: Instance | InstanceRow
                 if key == "delete":
-                    instance = self._changes.destroy(session, uuid)
+                    final = self._changes.destroy(session, uuid)
                 else:
-                    instance = self._changes.update(
-                        session, uuid, task_state=None, **outcome.changes
-                    )
+                    final = self._changes.update(session, uuid, task_state=None, **outcome.changes)
                 record_event(
                     session, uuid, request_id, event_name(key), "Success", host=self.host.name
                 )
         except InstanceNotFound:
             self._log.info("action_outlived_instance", instance=uuid, action=key)
             return {"instance_uuid": uuid, "action": key, "ok": False, "vm_state": "deleted"}
-        self._log.info("action_done", instance=uuid, action=key, vm_state=instance.vm_state)
-        return {**self._summary(instance), "action": key, **outcome.result}
+        self._log.info("action_done", instance=uuid, action=key, vm_state=final.vm_state)
+        return {**self._summary(final), "action": key, **outcome.result}
 
     # -- helpers -----------------------------------------------------------
 
@@ -413,7 +411,7 @@ class ComputeManager:
         }
 
     @staticmethod
-    def _summary(instance: Instance) -> dict[str, Any]:
+    def _summary(instance: Instance | InstanceRow) -> dict[str, Any]:
         return {
             "instance_uuid": instance.uuid,
             "ok": instance.vm_state != states.ERROR,

@@ -10,10 +10,10 @@ outbox rows), for callers that change several instances in one transaction.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select
+from sqlalchemy import JSON, Row, String, Table, bindparam, inspect, select, type_coerce
 from sqlalchemy.orm import Session
 
 from cellplane.db.engine import lock_for_write
@@ -26,14 +26,15 @@ from cellplane.db.models import (
 )
 from cellplane.errors import InstanceNotFound
 
-# on_change(session, instance, kind, fault) with kind "update", "destroy" or "fault"
-OnChange = Callable[[Session, Instance, str, InstanceFault | None], None]
+# on_change(session, instance, kind, fault) with kind "update", "destroy" or "fault";
+# ``instance`` is an ORM instance, or an InstanceRow after an update.
+OnChange = Callable[[Session, Any, str, InstanceFault | None], None]
 # on_updates(session, instances): the same as on_change(session, i, "update", None) for
 # each of ``instances`` in order, in one go (see InstanceChanges.update_many).
-OnUpdates = Callable[[Session, list[Instance]], None]
+OnUpdates = Callable[[Session, list[Any]], None]
 
 
-def _no_push(session: Session, instance: Instance, kind: str, fault: InstanceFault | None) -> None:
+def _no_push(session: Session, instance: Any, kind: str, fault: InstanceFault | None) -> None:
     del session, instance, kind, fault
 
 
@@ -47,13 +48,18 @@ _IN_CHUNK = 500  # uuids per ``IN (...)`` look-up
 _LIVE_IN = select(Instance).where(
     Instance.uuid.in_(bindparam("uuids", expanding=True)), Instance.deleted.is_(False)
 )
-# Re-read after an UPDATE: loaded instances take the new values.
-_RELOAD_LIVE = _LIVE.execution_options(populate_existing=True)
-_RELOAD_LIVE_IN = (
-    select(Instance)
-    .where(Instance.uuid.in_(bindparam("uuids", expanding=True)), Instance.deleted.is_(False))
-    .execution_options(populate_existing=True)
+# Read back after an UPDATE: every column as a Core row with the ORM's attribute names,
+# JSON columns as their stored text (encoded as they are, see codec.instance_to_proto).
+_SNAPSHOT_COLUMNS = [
+    (type_coerce(column, String) if isinstance(column.type, JSON) else column).label(key)
+    for key, column in ((attr.key, attr.columns[0]) for attr in Instance.__mapper__.column_attrs)
+]
+_SNAPSHOT_LIVE_IN = select(*_SNAPSHOT_COLUMNS).where(
+    _INSTANCES.c.uuid.in_(bindparam("uuids", expanding=True)), _INSTANCES.c.deleted.is_(False)
 )
+# An instance as update_many gives it back: a Core row with the ORM's attribute names,
+# whose JSON columns (flavor, metadata_, addresses) are their stored text.
+InstanceRow = Row[Any]
 
 
 def _update_statement(keys: tuple[str, ...]) -> Any:
@@ -146,13 +152,14 @@ class InstanceChanges:
                 self.on_change(session, instance, "update", None)
         return list(instances)
 
-    def update(self, session: Session, uuid: str, **changes: Any) -> Instance:
-        """Apply ``changes`` to instance ``uuid`` and push the new version."""
+    def update(self, session: Session, uuid: str, **changes: Any) -> InstanceRow:
+        """Apply ``changes`` to instance ``uuid`` and push the new version; the instance
+        as it is now (see InstanceRow; ORM instances loaded before read it again)."""
         return self.update_many(session, [(uuid, changes)])[0]
 
     def update_many(
         self, session: Session, items: Sequence[tuple[str, dict[str, Any]]]
-    ) -> list[Instance]:
+    ) -> list[InstanceRow]:
         """Apply each ``(uuid, changes)`` of ``items`` in order, as :meth:`update` would
         one by one (a version and a push per item), in a few statements.
 
@@ -161,7 +168,7 @@ class InstanceChanges:
         if not items:
             return []
         session.flush()  # changes made to loaded instances go first, as autoflush did
-        out: list[Instance] = []
+        out: list[InstanceRow] = []
         for keys, run in _runs(items):
             now = utcnow()
             params = []
@@ -178,11 +185,13 @@ class InstanceChanges:
             # The UPDATE comes first: it takes the write lock (SQLite) or the row locks
             # before anything is read, so no concurrent change is lost.
             session.execute(statement, params)
-            loaded = _load_live(session, [uuid for uuid, _ in run])
-            for uuid, _ in run:
+            uuids = [uuid for uuid, _ in run]
+            loaded = _snapshots(session, uuids)
+            for uuid in uuids:
                 if uuid not in loaded:
                     raise InstanceNotFound(f"instance {uuid} not found")
-            changed = [loaded[uuid] for uuid, _ in run]
+            _expire_loaded(session, loaded)
+            changed = [loaded[uuid] for uuid in uuids]
             if self.on_updates is not None:
                 self.on_updates(session, changed)
             else:
@@ -228,23 +237,25 @@ class InstanceChanges:
         return fault
 
 
-def _load_live(session: Session, uuids: list[str]) -> dict[str, Instance]:
+def _snapshots(session: Session, uuids: list[str]) -> dict[str, InstanceRow]:
     """The live instances of ``uuids`` by uuid, as the database has them now."""
-    if len(uuids) == 1:
-        instance = session.scalar(_RELOAD_LIVE, {"uuid": uuids[0]})
-        return {} if instance is None else {instance.uuid: instance}
-    found: dict[str, Instance] = {}
+    found: dict[str, InstanceRow] = {}
     for start in range(0, len(uuids), _IN_CHUNK):
-        for instance in session.scalars(
-            _RELOAD_LIVE_IN, {"uuids": uuids[start : start + _IN_CHUNK]}
-        ):
-            found[instance.uuid] = instance
+        for row in session.execute(_SNAPSHOT_LIVE_IN, {"uuids": uuids[start : start + _IN_CHUNK]}):
+            found[row.uuid] = row
     return found
+
+
+def _expire_loaded(session: Session, uuids: Container[str]) -> None:
+    """Let ORM instances of ``uuids`` loaded in ``session`` read their new values."""
+    for obj in list(session.identity_map.values()):
+        if isinstance(obj, Instance) and inspect(obj).dict.get("uuid") in uuids:
+            session.expire(obj)
 
 
 def start_action(
     session: Session,
-    instance: Instance,
+    instance: Instance | InstanceRow,
     action: str,
     request_id: str,
     *,

@@ -5,12 +5,13 @@ States are stored as Nova's lower-case names and travel as the protobuf enums.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from cellplane.db.models import Flavor, Image, Instance, InstanceFault
+from cellplane.db.models import Flavor, Image, InstanceFault
 from cellplane.v1 import types_pb2
 
 
@@ -139,36 +140,130 @@ def fault_to_proto(fault: InstanceFault) -> types_pb2.Fault:
     return out
 
 
-def instance_to_proto(row: Instance, *, cell_path: str | None = None) -> types_pb2.Instance:
-    """An instance row as protobuf (``cell_path`` overrides the stored one)."""
+def instance_to_proto(row: Any, *, cell_path: str | None = None) -> types_pb2.Instance:
+    """An instance as protobuf: an ORM row, or a Core row with the same attribute
+    names whose JSON columns may be their stored text (``cell_path`` overrides the
+    stored one)."""
     out = types_pb2.Instance(
         uuid=row.uuid,
         name=row.name,
         project_id=row.project_id,
         user_id=row.user_id,
-        flavor=flavor_to_proto(row.flavor or {}),
         image_id=row.image_id,
-        vm_state=vm_state_to_proto(row.vm_state),  # type: ignore[arg-type]
-        task_state=task_state_to_proto(row.task_state),  # type: ignore[arg-type]
-        power_state=row.power_state,  # type: ignore[arg-type]
+        vm_state=_VM.get(row.vm_state, 0),  # type: ignore[arg-type]
+        task_state=_TASK.get(row.task_state or "", 0),  # type: ignore[arg-type]
+        power_state=row.power_state,
         version=row.version,
         cell_path=row.cell_path if cell_path is None else cell_path,
         host=row.host or "",
         availability_zone=row.availability_zone or "",
-        metadata={str(k): str(v) for k, v in (row.metadata_ or {}).items()},
         deleted=row.deleted,
     )
-    out.addresses.extend(
-        types_pb2.Address(
-            pool=a.get("pool", ""), address=a.get("address", ""), version=int(a.get("version", 4))
-        )
-        for a in row.addresses or []
-    )
+    for column in _JSON_COLUMNS:
+        value = getattr(row, column)
+        if isinstance(value, str):
+            out.MergeFromString(_json_part(column, value))
+        elif value or column == "flavor":
+            _set_json(out, column, value or {})
     for name in ("created_at", "updated_at", "launched_at"):
         value = getattr(row, name)
         if value is not None:
             set_timestamp(getattr(out, name), value)
     return out
+
+
+# An instance's JSON columns (by ORM attribute) and their protobuf fields. Their
+# values repeat (a flavor for many instances, an instance's addresses in every one
+# of its pushes), so their encodings are kept, up to _CACHE_LIMIT of each.
+_JSON_COLUMNS = ("flavor", "metadata_", "addresses")
+_CACHE_LIMIT = 4096
+_PARTS: dict[tuple[str, str], bytes] = {}  # (column, stored text) -> serialized Instance part
+_TEXTS: dict[tuple[str, Any], str] = {}  # (column, protobuf value key) -> stored text
+
+
+def _set_json(out: types_pb2.Instance, column: str, value: Any) -> None:
+    if column == "flavor":  # always there, empty or not
+        out.flavor.SetInParent()
+        out.flavor.CopyFrom(flavor_to_proto(value))
+    elif column == "metadata_":
+        out.metadata.update({str(k): str(v) for k, v in value.items()})
+    else:
+        out.addresses.extend(
+            types_pb2.Address(
+                pool=a.get("pool", ""),
+                address=a.get("address", ""),
+                version=int(a.get("version", 4)),
+            )
+            for a in value
+        )
+
+
+def _json_part(column: str, text: str) -> bytes:
+    """An Instance holding only what ``column``'s stored ``text`` says, serialized."""
+    part = _PARTS.get((column, text))
+    if part is None:
+        out = types_pb2.Instance()
+        value = json.loads(text)
+        if value or column == "flavor":
+            _set_json(out, column, value or {})
+        part = out.SerializeToString()
+        if len(_PARTS) >= _CACHE_LIMIT:
+            _PARTS.clear()
+        _PARTS[(column, text)] = part
+    return part
+
+
+def _json_text(column: str, key: Any, value: Any) -> str:
+    """The text stored for ``value`` of ``column`` (``key``: a hashable form of it)."""
+    text = _TEXTS.get((column, key))
+    if text is None:
+        text = json.dumps(value() if callable(value) else value)
+        if len(_TEXTS) >= _CACHE_LIMIT:
+            _TEXTS.clear()
+        _TEXTS[(column, key)] = text
+    return text
+
+
+_EMPTY_JSON = {"metadata": "{}", "addresses": "[]"}
+
+
+def instance_columns(msg: types_pb2.Instance) -> dict[str, Any]:
+    """What :func:`instance_fields` gives, by column name, JSON columns as the text to
+    store (for :mod:`cellplane.db.bulk`)."""
+    columns: dict[str, Any] = {
+        "name": msg.name,
+        "project_id": msg.project_id,
+        "user_id": msg.user_id,
+        "flavor_id": msg.flavor.id,
+        "flavor": _json_text(
+            "flavor", msg.flavor.SerializeToString(), lambda: flavor_snapshot(msg.flavor)
+        ),
+        "image_id": msg.image_id,
+        "vm_state": _VM_BACK.get(msg.vm_state, ""),
+        "task_state": _TASK_BACK.get(msg.task_state),
+        "power_state": int(msg.power_state),
+        "version": msg.version,
+        "host": msg.host or None,
+        "availability_zone": msg.availability_zone or None,
+        "metadata": _EMPTY_JSON["metadata"],
+        "deleted": msg.deleted,
+        "addresses": _EMPTY_JSON["addresses"],
+    }
+    if msg.metadata:
+        metadata = dict(sorted(msg.metadata.items()))
+        columns["metadata"] = _json_text("metadata", tuple(metadata.items()), metadata)
+    if msg.addresses:
+        key = tuple((a.pool, a.address, a.version) for a in msg.addresses)
+        columns["addresses"] = _json_text(
+            "addresses", key, [{"pool": p, "address": a, "version": v} for p, a, v in key]
+        )
+    for name in ("created_at", "updated_at", "launched_at"):
+        if msg.HasField(name):
+            stamp = getattr(msg, name)
+            columns[name] = _EPOCH + timedelta(
+                seconds=stamp.seconds, microseconds=stamp.nanos // 1000
+            )
+    return columns
 
 
 def instance_fields(msg: types_pb2.Instance) -> dict[str, Any]:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import structlog
 from sqlalchemy import Table, delete, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from cellplane.db import bulk
 from cellplane.db.models import Instance, InstanceChange, InstanceFault, OutboxEntry, utcnow
 from cellplane.federation import codec, envelopes, paths, pushes
 from cellplane.federation.channel import PeerChannel
@@ -33,8 +34,6 @@ BATCH_ROWS = 2_000
 IDLE_POLL = 0.05
 BUSY_POLL = 0.005
 _WRITTEN = "cellplane_outbox_written"  # session.info flag: outbox rows in this transaction
-_INSERT_OUTBOX = cast(Table, OutboxEntry.__table__).insert()
-_INSERT_CHANGE = cast(Table, InstanceChange.__table__).insert()
 _PAYLOAD_OF_KIND = {
     "update": "instance_update",
     "destroy": "instance_destroyed",
@@ -60,24 +59,35 @@ def encode_push(instance: Instance, kind: str, fault: InstanceFault | None) -> t
     return _PAYLOAD_OF_KIND[kind], message.SerializeToString()
 
 
-def change_row(
-    instance: Instance, kind: str, proto: types_pb2.Instance | None = None
-) -> dict[str, Any]:
-    """The API cell's change log row for ``kind`` of ``instance`` as it is now
-    (``proto``: the instance already encoded, if it is)."""
+# The columns of the rows below, in order (see cellplane.db.bulk).
+OUTBOX_COLUMNS = ("peer", "kind", "instance_uuid", "version", "payload", "created_at")
+CHANGE_COLUMNS = ("instance_uuid", "project_id", "kind", "version", "snapshot", "created_at")
+_OUTBOX = cast(Table, OutboxEntry.__table__)
+_CHANGES = cast(Table, InstanceChange.__table__)
+
+
+def change_row(instance: Any, kind: str, proto: types_pb2.Instance | None = None) -> tuple:
+    """The API cell's change log row (in CHANGE_COLUMNS order) for ``kind`` of
+    ``instance`` as it is now (``proto``: the instance already encoded, if it is)."""
     snapshot = proto if proto is not None else codec.instance_to_proto(instance)
-    return {
-        "instance_uuid": instance.uuid,
-        "project_id": instance.project_id,
-        "kind": kind,
-        "version": instance.version,
-        "snapshot": snapshot.SerializeToString(),
-    }
+    return (
+        instance.uuid,
+        instance.project_id,
+        kind,
+        instance.version,
+        snapshot.SerializeToString(),
+        utcnow(),
+    )
+
+
+def log_changes(session: Session, rows: list[tuple]) -> None:
+    """Add ``rows`` (see :func:`change_row`) to the API cell's change log."""
+    bulk.insert_many(session, _CHANGES, CHANGE_COLUMNS, rows)
 
 
 def log_change(session: Session, instance: Instance, kind: str) -> None:
     """Add a row to the API cell's change log, with the instance as it is now."""
-    session.add(InstanceChange(**change_row(instance, kind)))
+    log_changes(session, [change_row(instance, kind)])
 
 
 class Outbox:
@@ -93,6 +103,14 @@ class Outbox:
         sender)."""
         session.info[_WRITTEN] = True
 
+    write_log = staticmethod(log_changes)
+
+    def write(self, session: Session, rows: list[tuple]) -> None:
+        """Add outbox ``rows`` (in OUTBOX_COLUMNS order)."""
+        if rows:
+            bulk.insert_many(session, _OUTBOX, OUTBOX_COLUMNS, rows)
+            self.written(session)
+
     def record(
         self, session: Session, instance: Instance, kind: str, fault: InstanceFault | None
     ) -> None:
@@ -103,37 +121,27 @@ class Outbox:
             self.push(session, instance, "update", None)
         self.push(session, instance, kind, fault)
 
-    def record_updates(self, session: Session, instances: list[Instance]) -> None:
-        """``record(session, i, "update", None)`` for each of ``instances``, in order,
-        with one INSERT for all their outbox rows (and one for their change log rows)."""
+    def record_updates(self, session: Session, instances: Sequence[Any]) -> None:
+        """``record(session, i, "update", None)`` for each of ``instances`` (ORM rows,
+        or Core rows that :func:`codec.instance_to_proto` takes), in order, with one
+        INSERT for all their outbox rows (and one for their change log rows)."""
         peers = self.parents()
         if not instances or not (peers or self.change_log):
             return
         now = utcnow()
-        log: list[dict[str, Any]] = []
-        out: list[dict[str, Any]] = []
+        log: list[tuple] = []
+        out: list[tuple] = []
         for instance in instances:
             proto = codec.instance_to_proto(instance)
             if self.change_log:
                 log.append(change_row(instance, "update", proto))
             if peers:
-                self.written(session)
                 payload = link_pb2.InstanceUpdate(instance=proto).SerializeToString()
-                out.extend(
-                    {
-                        "peer": peer,
-                        "kind": "instance_update",
-                        "instance_uuid": instance.uuid,
-                        "version": instance.version,
-                        "payload": payload,
-                        "created_at": now,
-                    }
-                    for peer in peers
-                )
+                uuid, version = instance.uuid, instance.version
+                out.extend((peer, "instance_update", uuid, version, payload, now) for peer in peers)
         if log:
-            session.execute(_INSERT_CHANGE, log)
-        if out:
-            session.execute(_INSERT_OUTBOX, out)
+            log_changes(session, log)
+        self.write(session, out)
 
     def push(
         self,
@@ -148,22 +156,12 @@ class Outbox:
         peers = self.parents() if peers is None else peers
         if not peers:
             return
-        self.written(session)
         payload_field, payload = encode_push(instance, kind, fault)
-        # A plain INSERT now rather than an ORM object flushed later: this runs for
-        # every change, and the unit of work cost several times as much.
         now = utcnow()
-        session.execute(
-            _INSERT_OUTBOX,
+        self.write(
+            session,
             [
-                {
-                    "peer": peer,
-                    "kind": payload_field,
-                    "instance_uuid": instance.uuid,
-                    "version": instance.version,
-                    "payload": payload,
-                    "created_at": now,
-                }
+                (peer, payload_field, instance.uuid, instance.version, payload, now)
                 for peer in peers
             ],
         )

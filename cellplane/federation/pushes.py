@@ -15,16 +15,15 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, bindparam, select
+from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
+from cellplane.db import bulk
 from cellplane.db.engine import lock_for_write
 from cellplane.db.models import (
     FAULT_MESSAGE_LENGTH,
     Instance,
-    InstanceChange,
     InstanceFault,
-    OutboxEntry,
     utcnow,
 )
 from cellplane.federation import codec, paths
@@ -127,7 +126,7 @@ def apply_pushes(
             if copy is not None and copy.version >= msg.version:
                 counts.stale += 1
                 continue
-            fields = codec.instance_fields(msg)
+            fields = codec.instance_columns(msg)
             fields["cell_path"] = paths.join(name, msg.cell_path)
             fixes = {}
             if "updated_at" not in fields:  # as the ORM's onupdate would
@@ -206,42 +205,24 @@ def _faults_known(session: Session, uuids: list[str]) -> set[tuple[str, str, int
 
 
 def _write_instances(session: Session, held: dict[str, _Held]) -> None:
-    # Plain executemany statements, one per set of columns: the ORM's bulk forms
-    # cost several times as much per row.
-    by_columns: dict[tuple[bool, tuple[str, ...]], list[dict[str, Any]]] = {}
+    # One executemany per set of columns, bound as they are (see cellplane.db.bulk).
+    by_columns: dict[tuple[bool, tuple[str, ...]], list[tuple[Any, ...]]] = {}
     for h in held.values():
         if not h.values:
             continue
-        if h.id is None:
-            params = {_COLUMN_OF[key]: value for key, value in h.values.items()}
-        else:
-            params = {"b_" + _COLUMN_OF[key]: value for key, value in h.values.items()}
-            params["b_id"] = h.id
-        by_columns.setdefault((h.id is None, tuple(sorted(params))), []).append(params)
+        names = tuple(sorted(h.values))
+        row = tuple(h.values[n] for n in names)
+        by_columns.setdefault((h.id is None, names), []).append(
+            row if h.id is None else (*row, h.id)
+        )
     for (new, names), rows in by_columns.items():
-        session.execute(_instance_statement(new, names), rows)
+        if new:
+            bulk.insert_many(session, _INSTANCES, names, rows)
+        else:
+            bulk.update_many(session, _INSTANCES, names, "id", rows)
 
 
 _INSTANCES = cast(Table, Instance.__table__)
-_COLUMN_OF = {attr.key: attr.columns[0].name for attr in Instance.__mapper__.column_attrs}
-_STATEMENTS: dict[tuple[bool, tuple[str, ...]], Any] = {}
-
-
-def _instance_statement(new: bool, names: tuple[str, ...]) -> Any:
-    """An INSERT (``new``) or an UPDATE by ``b_id`` of the columns bound as ``names``."""
-    statement = _STATEMENTS.get((new, names))
-    if statement is None:
-        if new:
-            statement = _INSTANCES.insert()
-        else:
-            values: dict[str, Any] = {
-                n.removeprefix("b_"): bindparam(n) for n in names if n != "b_id"
-            }
-            statement = (
-                _INSTANCES.update().where(_INSTANCES.c.id == bindparam("b_id")).values(values)
-            )
-        _STATEMENTS[(new, names)] = statement
-    return statement
 
 
 def _pass_on(session: Session, outbox: Outbox, effects: list[_Effect]) -> None:
@@ -250,8 +231,9 @@ def _pass_on(session: Session, outbox: Outbox, effects: list[_Effect]) -> None:
     if not effects or not (peers or outbox.change_log):
         return
     destroyed = _rows(session, [e.uuid for e in effects if e.kind == DESTROY])
-    out: list[dict[str, Any]] = []
-    log: list[dict[str, Any]] = []
+    now = utcnow()
+    out: list[tuple[Any, ...]] = []
+    log: list[tuple[Any, ...]] = []
     for effect in effects:
         snapshot: bytes | None = None
         if effect.kind == UPDATE:
@@ -272,31 +254,12 @@ def _pass_on(session: Session, outbox: Outbox, effects: list[_Effect]) -> None:
             )
             payload = message.SerializeToString()
         if snapshot is not None:
-            log.append(
-                {
-                    "instance_uuid": effect.uuid,
-                    "project_id": project_id,
-                    "kind": effect.kind,
-                    "version": effect.version,
-                    "snapshot": snapshot,
-                }
-            )
+            log.append((effect.uuid, project_id, effect.kind, effect.version, snapshot, now))
         kind = _PAYLOAD_OF_KIND[effect.kind]
-        out.extend(
-            {
-                "peer": peer,
-                "kind": kind,
-                "instance_uuid": effect.uuid,
-                "version": effect.version,
-                "payload": payload,
-            }
-            for peer in peers
-        )
+        out.extend((peer, kind, effect.uuid, effect.version, payload, now) for peer in peers)
     if log:
-        session.execute(cast(Table, InstanceChange.__table__).insert(), log)
-    if out:
-        session.execute(cast(Table, OutboxEntry.__table__).insert(), out)
-        outbox.written(session)
+        outbox.write_log(session, log)
+    outbox.write(session, out)
 
 
 def _update_bytes(effect: _Effect, snapshot: bool) -> tuple[bytes, bytes | None]:

@@ -3,6 +3,7 @@ versions, instance rows, one outbox row per parent per change, change log rows."
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +94,9 @@ def test_update_refreshes_a_loaded_instance(tmp_path: Path) -> None:
         loaded = changes.get(session, UUIDS[0], for_update=True)
         loaded.name = "set-before"  # a pending change goes in first, as before
         updated = changes.update(session, UUIDS[0], power_state=4)
-        assert updated is loaded
+        assert (updated.version, updated.power_state, updated.name) == (2, 4, "set-before")
         assert (loaded.version, loaded.power_state, loaded.name) == (2, 4, "set-before")
+        assert json.loads(updated.flavor) == loaded.flavor  # JSON columns as stored text
 
 
 def test_a_missing_or_deleted_instance_is_not_found(tmp_path: Path) -> None:
