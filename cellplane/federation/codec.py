@@ -6,6 +6,7 @@ States are stored as Nova's lower-case names and travel as the protobuf enums.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -224,45 +225,114 @@ def _json_text(column: str, key: Any, value: Any) -> str:
     return text
 
 
-_EMPTY_JSON = {"metadata": "{}", "addresses": "[]"}
+def _flavor_text(msg: types_pb2.Instance) -> str:
+    flavor = msg.flavor
+    return _json_text("flavor", flavor.SerializeToString(), lambda: flavor_snapshot(flavor))
 
 
-def instance_columns(msg: types_pb2.Instance) -> dict[str, Any]:
+def _metadata_text(msg: types_pb2.Instance) -> str:
+    if not msg.metadata:
+        return "{}"
+    metadata = dict(sorted(msg.metadata.items()))
+    return _json_text("metadata", tuple(metadata.items()), metadata)
+
+
+def _addresses_text(msg: types_pb2.Instance) -> str:
+    if not msg.addresses:
+        return "[]"
+    key = tuple((a.pool, a.address, a.version) for a in msg.addresses)
+    return _json_text(
+        "addresses", key, [{"pool": p, "address": a, "version": v} for p, a, v in key]
+    )
+
+
+def _stamp(name: str) -> Callable[[types_pb2.Instance], datetime | None]:
+    def value(msg: types_pb2.Instance) -> datetime | None:
+        if not msg.HasField(name):
+            return None  # not sent: left as it is
+        stamp = getattr(msg, name)
+        return _EPOCH + timedelta(seconds=stamp.seconds, microseconds=stamp.nanos // 1000)
+
+    return value
+
+
+# (protobuf field, column, the column's value in a message) for every column a push
+# carries, but cell_path (which each cell makes its own).
+_COLUMNS: tuple[tuple[str, str, Callable[[types_pb2.Instance], Any]], ...] = (
+    ("name", "name", lambda m: m.name),
+    ("project_id", "project_id", lambda m: m.project_id),
+    ("user_id", "user_id", lambda m: m.user_id),
+    ("flavor", "flavor_id", lambda m: m.flavor.id),
+    ("flavor", "flavor", _flavor_text),
+    ("image_id", "image_id", lambda m: m.image_id),
+    ("vm_state", "vm_state", lambda m: _VM_BACK.get(m.vm_state, "")),
+    ("task_state", "task_state", lambda m: _TASK_BACK.get(m.task_state)),
+    ("power_state", "power_state", lambda m: int(m.power_state)),
+    ("version", "version", lambda m: m.version),
+    ("host", "host", lambda m: m.host or None),
+    ("availability_zone", "availability_zone", lambda m: m.availability_zone or None),
+    ("metadata", "metadata", _metadata_text),
+    ("deleted", "deleted", lambda m: m.deleted),
+    ("addresses", "addresses", _addresses_text),
+    ("created_at", "created_at", _stamp("created_at")),
+    ("updated_at", "updated_at", _stamp("updated_at")),
+    ("launched_at", "launched_at", _stamp("launched_at")),
+)
+_OPTIONAL = frozenset(("created_at", "updated_at", "launched_at"))  # None: not sent
+
+
+def instance_columns(
+    msg: types_pb2.Instance, before: types_pb2.Instance | None = None
+) -> dict[str, Any]:
     """What :func:`instance_fields` gives, by column name, JSON columns as the text to
-    store (for :mod:`cellplane.db.bulk`)."""
-    columns: dict[str, Any] = {
-        "name": msg.name,
-        "project_id": msg.project_id,
-        "user_id": msg.user_id,
-        "flavor_id": msg.flavor.id,
-        "flavor": _json_text(
-            "flavor", msg.flavor.SerializeToString(), lambda: flavor_snapshot(msg.flavor)
-        ),
-        "image_id": msg.image_id,
-        "vm_state": _VM_BACK.get(msg.vm_state, ""),
-        "task_state": _TASK_BACK.get(msg.task_state),
-        "power_state": int(msg.power_state),
-        "version": msg.version,
-        "host": msg.host or None,
-        "availability_zone": msg.availability_zone or None,
-        "metadata": _EMPTY_JSON["metadata"],
-        "deleted": msg.deleted,
-        "addresses": _EMPTY_JSON["addresses"],
-    }
-    if msg.metadata:
-        metadata = dict(sorted(msg.metadata.items()))
-        columns["metadata"] = _json_text("metadata", tuple(metadata.items()), metadata)
-    if msg.addresses:
-        key = tuple((a.pool, a.address, a.version) for a in msg.addresses)
-        columns["addresses"] = _json_text(
-            "addresses", key, [{"pool": p, "address": a, "version": v} for p, a, v in key]
-        )
-    for name in ("created_at", "updated_at", "launched_at"):
-        if msg.HasField(name):
-            stamp = getattr(msg, name)
-            columns[name] = _EPOCH + timedelta(
-                seconds=stamp.seconds, microseconds=stamp.nanos // 1000
-            )
+    store (for :mod:`cellplane.db.bulk`); with ``before`` (the message the row holds
+    now), only the columns whose fields differ."""
+    columns: dict[str, Any] = {}
+    for field, column, value in _COLUMNS:
+        if before is not None and getattr(before, field) == getattr(msg, field):
+            continue
+        got = value(msg)
+        if got is not None or column not in _OPTIONAL:
+            columns[column] = got
+    return columns
+
+
+# Fields that most changes touch: compared one by one before the whole message is.
+_HOT = ("vm_state", "task_state", "power_state", "version", "host", "cell_path")
+_HOT_STAMPS = ("updated_at", "launched_at")
+_COLUMNS_OF: dict[str, list[tuple[str, Callable[[types_pb2.Instance], Any]]]] = {}
+for _field, _column, _value in _COLUMNS:
+    _COLUMNS_OF.setdefault(_field, []).append((_column, _value))
+
+
+def advance(before: types_pb2.Instance, msg: types_pb2.Instance) -> dict[str, Any]:
+    """The columns (as :func:`instance_columns` gives them) that differ between
+    ``before``, the message a row holds, and ``msg``, its next version; ``before``
+    (the caller's own copy) is made equal to ``msg`` on the way."""
+    changed: list[str] = []
+    for field in _HOT:
+        value = getattr(msg, field)
+        if getattr(before, field) != value:
+            setattr(before, field, value)
+            changed.append(field)
+    for field in _HOT_STAMPS:
+        if getattr(before, field) != getattr(msg, field) or (
+            before.HasField(field) != msg.HasField(field)
+        ):
+            if msg.HasField(field):
+                getattr(before, field).CopyFrom(getattr(msg, field))
+            else:
+                before.ClearField(field)
+            changed.append(field)
+    columns: dict[str, Any] = {}
+    if before != msg:  # more than the usual fields changed
+        columns = instance_columns(msg, before)
+        before.CopyFrom(msg)
+    for field in changed:
+        for column, value in _COLUMNS_OF.get(field, ()):
+            got = value(msg)
+            if got is not None or column not in _OPTIONAL:
+                columns[column] = got
     return columns
 
 

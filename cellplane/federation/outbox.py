@@ -338,6 +338,7 @@ class PushReceiver:
         self.after_apply = after_apply
         self.applied = 0
         self.stale = 0
+        self._known: pushes.Known = {}
 
     def register(self, handlers: Any) -> None:
         """Handle the three push payloads in line with the link."""
@@ -371,7 +372,9 @@ class PushReceiver:
 
     def apply_many(self, session: Session, batch: list[pushes.Push]) -> None:
         """Apply ``batch`` (in order) in ``session``'s transaction."""
-        counts = pushes.apply_pushes(session, self.name, self.outbox, batch, self.after_apply)
+        counts = pushes.apply_pushes(
+            session, self.name, self.outbox, batch, self.after_apply, self._known
+        )
         self.applied += counts.applied
         self.stale += counts.stale
 

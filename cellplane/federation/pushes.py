@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, select
+from sqlalchemy import String, Table, select, type_coerce
 from sqlalchemy.orm import Session
 
 from cellplane.db import bulk
@@ -55,6 +56,17 @@ class _Held:
     id: int | None  # None: not in the database before this frame
     version: int
     values: dict[str, Any] = field(default_factory=dict)  # columns to write
+    # The update the row holds now (known rows only; see Known), and its updated_at.
+    row: types_pb2.Instance | None = None
+    updated_at: datetime | None = None
+
+
+# Rows this cell wrote from updates, by uuid: the update (this cell's own copy) and the
+# updated_at written with it. A push to a row that still holds its known version and
+# updated_at writes only the columns that changed (see codec.advance). Rows are
+# written here only (and at the API cell, by its own hand, at version 0 only).
+Known = dict[str, tuple[types_pb2.Instance, datetime]]
+KNOWN_LIMIT = 50_000
 
 
 @dataclass
@@ -93,8 +105,10 @@ def apply_pushes(
     outbox: Outbox,
     pushes: Sequence[Push],
     after_apply: AfterApply | None = None,
+    known: Known | None = None,
 ) -> Applied:
-    """Apply ``pushes`` (in order) in ``session``'s transaction.
+    """Apply ``pushes`` (in order) in ``session``'s transaction (``known``: the rows
+    this cell knows it wrote, kept up to date here).
 
     An update or destroy applies only if newer than the copy held here; a fault is
     kept once, and only for an instance held here. What applied goes on to every
@@ -109,12 +123,16 @@ def apply_pushes(
     lock_for_write(session)
     for chunk in _chunks(uuids):
         query = (
-            select(Instance.uuid, Instance.id, Instance.version)
+            select(Instance.uuid, Instance.id, Instance.version, _RAW_UPDATED_AT)
             .where(Instance.uuid.in_(chunk))
             .with_for_update()
         )
-        for uuid, row_id, version in session.execute(query):
-            held[uuid] = _Held(row_id, version)
+        for uuid, row_id, version, updated_at in session.execute(query):
+            h = held[uuid] = _Held(row_id, version)
+            if known is not None and uuid in known:
+                row, written = known.pop(uuid)
+                if row.version == version and _same_time(updated_at, written):
+                    h.row, h.updated_at = row, written  # else written by another hand
     faults_known = _faults_known(session, [m.instance_uuid for k, m, _ in pushes if k == FAULT])
 
     effects: list[_Effect] = []
@@ -126,28 +144,38 @@ def apply_pushes(
             if copy is not None and copy.version >= msg.version:
                 counts.stale += 1
                 continue
-            fields = codec.instance_columns(msg)
-            fields["cell_path"] = paths.join(name, msg.cell_path)
+            cell_path = paths.join(name, msg.cell_path)
+            if copy is not None and copy.row is not None:
+                moved = copy.row.cell_path != msg.cell_path
+                fields = codec.advance(copy.row, msg)
+                if moved:
+                    fields["cell_path"] = cell_path
+            else:
+                fields = codec.instance_columns(msg)
+                fields["cell_path"] = cell_path
             fixes = {}
-            if "updated_at" not in fields:  # as the ORM's onupdate would
+            if not msg.HasField("updated_at"):  # as the ORM's onupdate would
                 fixes["updated_at"] = fields["updated_at"] = now
             if copy is None:
                 if "created_at" not in fields:  # as the ORM's default would
                     fixes["created_at"] = fields["created_at"] = now
                 copy = held[msg.uuid] = _Held(None, msg.version, {"uuid": msg.uuid})
+            if copy.row is None and known is not None:
+                copy.row = types_pb2.Instance()
+                copy.row.CopyFrom(msg)
             copy.version = msg.version
             copy.values.update(fields)
+            copy.updated_at = fields.get("updated_at", copy.updated_at)
             counts.applied += 1
             updated.append(msg)
-            effects.append(
-                _Effect(UPDATE, msg.uuid, msg.version, msg, wrapper, fields["cell_path"], fixes)
-            )
+            effects.append(_Effect(UPDATE, msg.uuid, msg.version, msg, wrapper, cell_path, fixes))
         elif kind == DESTROY:
             copy = held.get(msg.instance_uuid)
             if copy is None or copy.version >= msg.version:
                 counts.stale += 1
                 continue
             copy.version = msg.version
+            copy.row = None
             copy.values.update(
                 deleted=True,
                 deleted_at=now,
@@ -185,12 +213,34 @@ def apply_pushes(
             effects.append(_Effect(FAULT, uuid, copy.version, stored))
 
     _write_instances(session, held)
+    if known is not None:
+        _remember(known, held)
     if fault_rows:
         session.execute(cast(Table, InstanceFault.__table__).insert(), fault_rows)
     _pass_on(session, outbox, effects)
     if after_apply is not None and updated:
         after_apply(session, updated)
     return counts
+
+
+# updated_at as the driver gives it: SQLite's text is compared without parsing it.
+_RAW_UPDATED_AT = type_coerce(Instance.updated_at, String)
+
+
+def _same_time(stored: Any, written: datetime | None) -> bool:
+    if written is None or stored is None:
+        return False
+    if isinstance(stored, str):
+        return stored == bulk.sqlite_timestamp(written)
+    return bool(stored == written)
+
+
+def _remember(known: Known, held: dict[str, _Held]) -> None:
+    for uuid, h in held.items():
+        if h.row is not None and h.updated_at is not None:
+            known[uuid] = (h.row, h.updated_at)
+    while len(known) > KNOWN_LIMIT:  # the oldest go first
+        del known[next(iter(known))]
 
 
 def _faults_known(session: Session, uuids: list[str]) -> set[tuple[str, str, int]]:
@@ -295,4 +345,4 @@ def _rows(session: Session, uuids: list[str]) -> dict[str, Instance]:
     return rows
 
 
-__all__ = ["AfterApply", "Applied", "Push", "apply_pushes"]
+__all__ = ["AfterApply", "Applied", "Known", "Push", "apply_pushes"]
