@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import Row
 
 from cellplane.db.models import Flavor, Image, InstanceFault
 from cellplane.v1 import types_pb2
@@ -145,29 +147,32 @@ def instance_to_proto(row: Any, *, cell_path: str | None = None) -> types_pb2.In
     """An instance as protobuf: an ORM row, or a Core row with the same attribute
     names whose JSON columns may be their stored text (``cell_path`` overrides the
     stored one)."""
+    # A Core row's mapping reads several times faster than its attributes.
+    get = row._mapping.__getitem__ if isinstance(row, Row) else partial(getattr, row)
+    task_state = get("task_state")
     out = types_pb2.Instance(
-        uuid=row.uuid,
-        name=row.name,
-        project_id=row.project_id,
-        user_id=row.user_id,
-        image_id=row.image_id,
-        vm_state=_VM.get(row.vm_state, 0),  # type: ignore[arg-type]
-        task_state=_TASK.get(row.task_state or "", 0),  # type: ignore[arg-type]
-        power_state=row.power_state,
-        version=row.version,
-        cell_path=row.cell_path if cell_path is None else cell_path,
-        host=row.host or "",
-        availability_zone=row.availability_zone or "",
-        deleted=row.deleted,
+        uuid=get("uuid"),
+        name=get("name"),
+        project_id=get("project_id"),
+        user_id=get("user_id"),
+        image_id=get("image_id"),
+        vm_state=_VM.get(get("vm_state"), 0),  # type: ignore[arg-type]
+        task_state=_TASK.get(task_state, 0) if task_state else 0,  # type: ignore[arg-type]
+        power_state=get("power_state"),
+        version=get("version"),
+        cell_path=get("cell_path") if cell_path is None else cell_path,
+        host=get("host") or "",
+        availability_zone=get("availability_zone") or "",
+        deleted=get("deleted"),
     )
     for column in _JSON_COLUMNS:
-        value = getattr(row, column)
+        value = get(column)
         if isinstance(value, str):
             out.MergeFromString(_json_part(column, value))
         elif value or column == "flavor":
             _set_json(out, column, value or {})
     for name in ("created_at", "updated_at", "launched_at"):
-        value = getattr(row, name)
+        value = get(name)
         if value is not None:
             set_timestamp(getattr(out, name), value)
     return out
