@@ -10,9 +10,9 @@ from __future__ import annotations
 import uuid as uuidlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import Table, bindparam, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -44,6 +44,16 @@ class NewInstance:
     image_id: str
     availability_zone: str | None
     metadata: dict[str, str]
+
+
+# Run after every frame of pushes at the API cell: built once.
+_ACTIONS = cast(Table, InstanceAction.__table__).c
+_OPEN_ACTIONS = select(
+    _ACTIONS.id, _ACTIONS.instance_uuid, _ACTIONS.action, _ACTIONS.start_time
+).where(
+    _ACTIONS.instance_uuid.in_(bindparam("uuids", expanding=True)), _ACTIONS.finish_time.is_(None)
+)
+_QUEUED_IMAGES = select(Image).where(Image.status == "queued")
 
 
 class ApiView:
@@ -330,7 +340,7 @@ class ApiView:
         """Finish the open actions, and activate the queued snapshots, of instances
         whose task ended (uuid -> (action result, host, root_gb))."""
         ApiView._finish_actions(session, {u: (r, h) for u, (r, h, _) in ended.items()})
-        for image in session.scalars(select(Image).where(Image.status == "queued")):
+        for image in session.scalars(_QUEUED_IMAGES):
             of = (image.properties or {}).get("snapshot_of")
             if of in ended:
                 image.status = "active"
@@ -343,12 +353,11 @@ class ApiView:
         now = utcnow()
         action = InstanceAction
         for start in range(0, len(uuids), 500):
-            open_actions = session.execute(
-                select(action.id, action.instance_uuid, action.action, action.start_time).where(
-                    action.instance_uuid.in_(uuids[start : start + 500]),
-                    action.finish_time.is_(None),
-                )
-            ).all()
+            open_actions = (
+                session.connection()
+                .execute(_OPEN_ACTIONS, {"uuids": uuids[start : start + 500]})
+                .all()
+            )
             if not open_actions:
                 continue
             session.execute(
