@@ -4,13 +4,17 @@ A push is written two or three times on its way up (the owning cell's outbox,
 each parent's instance row and outbox, the API cell's change log). SQLAlchemy's
 executemany binds every value through its type's processors (JSON encoding,
 datetime formatting, the UTC check), which cost several times the database
-work itself. The statements here go to the driver's ``executemany`` as plain
-SQL with values already in the form the driver stores:
+work itself. The statements here go to the driver as plain SQL with values
+already in the form the driver stores:
 
 - JSON columns take their text (the callers keep encodings they have made);
 - timestamps are UTC-aware datetimes, written as SQLite's text form or handed
   to the PostgreSQL driver as they are;
 - everything else as it is.
+
+On SQLite the rows go to the driver's ``executemany`` (one prepared statement).
+On PostgreSQL up to PG_ROWS rows go in one statement with one VALUES list, so
+the server plans one statement instead of one per row.
 
 They fire the engine's cursor events, so SQLite's writer gate (see
 :mod:`cellplane.db.engine`) holds for them as for any other write.
@@ -19,52 +23,55 @@ They fire the engine's cursor events, so SQLite's writer gate (see
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import Connection, Dialect, Table
 from sqlalchemy.orm import Session
 
 from cellplane.db.models import UTCDateTime
 
-_SQL: dict[tuple[str, str, str, tuple[str, ...], str], str] = {}
-_TIMESTAMPS: dict[str, frozenset[str]] = {}  # table -> its timestamp columns
+PG_ROWS = 500  # rows per statement on PostgreSQL
+PG_PARAMETERS = 65_535  # the most one PostgreSQL statement may carry
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What one statement writes: the table, its verb and columns, for an UPDATE the
+    key column (each row's last value), a column to increase by one and a boolean
+    column that leaves a row alone when true."""
+
+    table: Table
+    verb: str
+    columns: tuple[str, ...]
+    key: str = ""
+    increment: str = ""
+    unless: str = ""
 
 
 def insert_many(session: Session, table: Table, columns: Sequence[str], rows: list[Any]) -> None:
     """INSERT ``rows`` (tuples of values in the order of ``columns``) into ``table``."""
     if rows:
-        _execute(session, table, "insert", tuple(columns), "", rows)
+        _execute(session, _Shape(table, "insert", tuple(columns)), rows)
 
 
 def update_many(
-    session: Session, table: Table, columns: Sequence[str], key: str, rows: list[Any]
+    session: Session,
+    table: Table,
+    columns: Sequence[str],
+    key: str,
+    rows: list[Any],
+    *,
+    increment: str = "",
+    unless: str = "",
 ) -> None:
     """UPDATE ``table`` SET ``columns`` WHERE ``key`` = the last value of each row
-    (a tuple of the new values in the order of ``columns``, then the key)."""
+    (a tuple of the new values in the order of ``columns``, then the key); also
+    ``increment`` + 1, and only where ``unless`` is false, if given."""
     if rows:
-        _execute(session, table, "update", tuple(columns), key, rows)
-
-
-def _execute(
-    session: Session, table: Table, verb: str, columns: tuple[str, ...], key: str, rows: list[Any]
-) -> None:
-    connection = session.connection()
-    dialect = connection.dialect
-    sql = _sql(table, dialect.name, dialect.paramstyle, verb, columns, key)
-    stamps = [i for i, c in enumerate(columns) if c in _timestamps(table)]
-    if stamps and dialect.name == "sqlite":
-        rows = [_sqlite_stamps(row, stamps) for row in rows]
-    connection.exec_driver_sql(sql, rows)
-
-
-def _sqlite_stamps(row: Any, where: list[int]) -> tuple[Any, ...]:
-    values = list(row)
-    for i in where:
-        value = values[i]
-        if value is not None:
-            values[i] = sqlite_timestamp(value)
-    return tuple(values)
+        shape = _Shape(table, "update", tuple(columns), key, increment, unless)
+        _execute(session, shape, rows)
 
 
 def sqlite_timestamp(value: datetime) -> str:
@@ -76,6 +83,41 @@ def sqlite_timestamp(value: datetime) -> str:
     return value.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
+def _execute(session: Session, shape: _Shape, rows: list[Any]) -> None:
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        _execute_values(connection, shape, rows)
+        return
+    stamps = [i for i, c in enumerate(shape.columns) if c in _timestamps(shape.table)]
+    if stamps and connection.dialect.name == "sqlite":
+        rows = [_sqlite_stamps(row, stamps) for row in rows]
+    connection.exec_driver_sql(_sql(connection.dialect, shape), rows)
+
+
+def _execute_values(connection: Connection, shape: _Shape, rows: list[Any]) -> None:
+    width = len(shape.columns) + (1 if shape.key else 0)
+    per = max(1, min(PG_ROWS, PG_PARAMETERS // width))
+    head, group = _values_sql(connection.dialect, shape)
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        sql = head.format(values=", ".join([group] * len(chunk)))
+        connection.exec_driver_sql(sql, tuple(v for row in chunk for v in row))
+
+
+def _sqlite_stamps(row: Any, where: list[int]) -> tuple[Any, ...]:
+    values = list(row)
+    for i in where:
+        value = values[i]
+        if value is not None:
+            values[i] = sqlite_timestamp(value)
+    return tuple(values)
+
+
+_TIMESTAMPS: dict[str, frozenset[str]] = {}  # table -> its timestamp columns
+_SQL: dict[tuple[str, _Shape], str] = {}
+_VALUES_SQL: dict[_Shape, tuple[str, str]] = {}
+
+
 def _timestamps(table: Table) -> frozenset[str]:
     found = _TIMESTAMPS.get(table.name)
     if found is None:
@@ -85,28 +127,68 @@ def _timestamps(table: Table) -> frozenset[str]:
     return found
 
 
-def _sql(
-    table: Table, dialect: str, paramstyle: str, verb: str, columns: tuple[str, ...], key: str
-) -> str:
-    cache_key = (table.name, dialect, verb, columns, key)
-    sql = _SQL.get(cache_key)
+def _check(shape: _Shape) -> None:
+    named = (*shape.columns, shape.key, shape.increment, shape.unless)
+    unknown = [c for c in named if c and c not in shape.table.columns]
+    if unknown:
+        raise ValueError(f"table {shape.table.name} has no column {unknown[0]!r}")
+
+
+def _sql(dialect: Dialect, shape: _Shape) -> str:
+    """One row's statement, for executemany."""
+    sql = _SQL.get((dialect.name, shape))
     if sql is None:
-        unknown = [c for c in (*columns, *([key] if key else [])) if c not in table.columns]
-        if unknown:
-            raise ValueError(f"table {table.name} has no column {unknown[0]!r}")
-        mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}[paramstyle]
-        if verb == "insert":
-            sql = (
-                f"INSERT INTO {table.name} ({', '.join(columns)})"
-                f" VALUES ({', '.join(mark for _ in columns)})"
-            )
+        _check(shape)
+        quote = dialect.identifier_preparer.quote
+        mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}[dialect.paramstyle]
+        names = [quote(c) for c in shape.columns]
+        table = quote(shape.table.name)
+        if shape.verb == "insert":
+            marks = ", ".join([mark] * len(names))
+            sql = f"INSERT INTO {table} ({', '.join(names)}) VALUES ({marks})"
         else:
-            sql = (
-                f"UPDATE {table.name} SET {', '.join(f'{c} = {mark}' for c in columns)}"
-                f" WHERE {key} = {mark}"
-            )
-        _SQL[cache_key] = sql
+            sets = [f"{n} = {mark}" for n in names]
+            where = f"{quote(shape.key)} = {mark}"
+            if shape.increment:
+                sets.append(f"{quote(shape.increment)} = {quote(shape.increment)} + 1")
+            if shape.unless:
+                where += f" AND NOT {quote(shape.unless)}"
+            sql = f"UPDATE {table} SET {', '.join(sets)} WHERE {where}"
+        _SQL[(dialect.name, shape)] = sql
     return sql
 
 
-__all__ = ["insert_many", "sqlite_timestamp", "update_many"]
+def _values_sql(dialect: Dialect, shape: _Shape) -> tuple[str, str]:
+    """PostgreSQL: the statement around ``{values}``, and one row's placeholders."""
+    found = _VALUES_SQL.get(shape)
+    if found is None:
+        _check(shape)
+        quote = dialect.identifier_preparer.quote
+        names = [quote(c) for c in shape.columns]
+        table = quote(shape.table.name)
+        width = len(names) + (1 if shape.key else 0)
+        group = "(" + ", ".join(["%s"] * width) + ")"
+        if shape.verb == "insert":
+            head = f"INSERT INTO {table} ({', '.join(names)}) VALUES {{values}}"
+        else:
+            # VALUES in FROM takes its types from the values: cast each to its column's.
+            columns = shape.table.c
+            sets = [
+                f"{n} = v.{n}::{columns[c].type.compile(dialect=dialect)}"
+                for n, c in zip(names, shape.columns, strict=True)
+            ]
+            key = quote(shape.key)
+            where = f"t.{key} = v.{key}"
+            if shape.increment:
+                sets.append(f"{quote(shape.increment)} = t.{quote(shape.increment)} + 1")
+            if shape.unless:
+                where += f" AND NOT t.{quote(shape.unless)}"
+            head = (
+                f"UPDATE {table} AS t SET {', '.join(sets)}"
+                f" FROM (VALUES {{values}}) AS v ({', '.join(names)}, {key}) WHERE {where}"
+            )
+        found = _VALUES_SQL[shape] = (head, group)
+    return found
+
+
+__all__ = ["PG_PARAMETERS", "PG_ROWS", "insert_many", "sqlite_timestamp", "update_many"]

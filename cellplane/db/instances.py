@@ -10,12 +10,15 @@ outbox rows), for callers that change several instances in one transaction.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Container, Iterable, Sequence
 from typing import Any, cast
 
-from sqlalchemy import JSON, Row, String, Table, bindparam, inspect, select, type_coerce
+from sqlalchemy import JSON, Row, Table, Text, bindparam, inspect, select
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
+from cellplane.db import bulk
 from cellplane.db.engine import lock_for_write
 from cellplane.db.models import (
     Instance,
@@ -43,7 +46,12 @@ _LIVE = select(Instance).where(Instance.uuid == bindparam("uuid"), Instance.dele
 _LIVE_FOR_UPDATE = _LIVE.with_for_update()
 _INSTANCES = cast(Table, Instance.__table__)
 _COLUMN_OF = {attr.key: attr.columns[0].name for attr in Instance.__mapper__.column_attrs}
-_UPDATES: dict[tuple[str, ...], Any] = {}  # changed attributes -> UPDATE statement
+# JSON columns by attribute: written as their text (see cellplane.db.bulk).
+_JSON_KEYS = {
+    attr.key: json.dumps
+    for attr in Instance.__mapper__.column_attrs
+    if isinstance(attr.columns[0].type, JSON)
+}
 _IN_CHUNK = 500  # uuids per ``IN (...)`` look-up
 _LIVE_IN = select(Instance).where(
     Instance.uuid.in_(bindparam("uuids", expanding=True)), Instance.deleted.is_(False)
@@ -51,7 +59,7 @@ _LIVE_IN = select(Instance).where(
 # Read back after an UPDATE: every column as a Core row with the ORM's attribute names,
 # JSON columns as their stored text (encoded as they are, see codec.instance_to_proto).
 _SNAPSHOT_COLUMNS = [
-    (type_coerce(column, String) if isinstance(column.type, JSON) else column).label(key)
+    (sql_cast(column, Text) if isinstance(column.type, JSON) else column).label(key)
     for key, column in ((attr.key, attr.columns[0]) for attr in Instance.__mapper__.column_attrs)
 ]
 _SNAPSHOT_LIVE_IN = select(*_SNAPSHOT_COLUMNS).where(
@@ -60,21 +68,6 @@ _SNAPSHOT_LIVE_IN = select(*_SNAPSHOT_COLUMNS).where(
 # An instance as update_many gives it back: a Core row with the ORM's attribute names,
 # whose JSON columns (flavor, metadata_, addresses) are their stored text.
 InstanceRow = Row[Any]
-
-
-def _update_statement(keys: tuple[str, ...]) -> Any:
-    """UPDATE of the live instance ``b_uuid``: ``keys`` bound as ``b_<key>``, version + 1."""
-    statement = _UPDATES.get(keys)
-    if statement is None:
-        values: dict[str, Any] = {_COLUMN_OF[key]: bindparam("b_" + key) for key in keys}
-        values["version"] = _INSTANCES.c.version + 1
-        values["updated_at"] = bindparam("b_updated_at")
-        statement = _UPDATES[keys] = (
-            _INSTANCES.update()
-            .where(_INSTANCES.c.uuid == bindparam("b_uuid"), _INSTANCES.c.deleted.is_(False))
-            .values(values)
-        )
-    return statement
 
 
 def _runs(
@@ -171,20 +164,28 @@ class InstanceChanges:
         out: list[InstanceRow] = []
         for keys, run in _runs(items):
             now = utcnow()
-            params = []
+            explicit = "version" in keys  # an explicit version replaces version + 1
+            encode = [_JSON_KEYS.get(key) for key in keys]
+            rows = []
             for uuid, changes in run:
-                row = {"b_" + key: changes[key] for key in keys}
-                if "version" in changes:
-                    row["b_version"] = changes["version"] + 1
-                row["b_uuid"] = uuid
-                row["b_updated_at"] = now
-                params.append(row)
-            statement = _update_statement(keys)
-            if "version" in keys:  # an explicit version replaces version + 1
-                statement = statement.values(version=bindparam("b_version"))
+                values: list[Any] = [
+                    changes[key] if dump is None else dump(changes[key])
+                    for key, dump in zip(keys, encode, strict=True)
+                ]
+                if explicit:
+                    values[-1] += 1
+                rows.append((*values, now, uuid))
             # The UPDATE comes first: it takes the write lock (SQLite) or the row locks
             # before anything is read, so no concurrent change is lost.
-            session.execute(statement, params)
+            bulk.update_many(
+                session,
+                _INSTANCES,
+                (*(_COLUMN_OF[key] for key in keys), "updated_at"),
+                "uuid",
+                rows,
+                increment="" if explicit else "version",
+                unless="deleted",
+            )
             uuids = [uuid for uuid, _ in run]
             loaded = _snapshots(session, uuids)
             for uuid in uuids:

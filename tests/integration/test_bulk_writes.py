@@ -1,0 +1,155 @@
+"""The driver-level writes of state up (cellplane.db.bulk) store what the ORM would, on
+SQLite and on PostgreSQL: JSON text, timestamps, booleans, bytes and NULLs; an UPDATE
+by key with an increment and a guard column; more rows than one statement carries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from sqlalchemy import Table, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from cellplane import db
+from cellplane.db import bulk
+from cellplane.db.instances import InstanceChanges
+from cellplane.db.models import Instance, OutboxEntry
+
+INSTANCES = cast(Table, Instance.__table__)
+OUTBOX = cast(Table, OutboxEntry.__table__)
+WHEN = datetime(2026, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'cell.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    db.upgrade(url)
+    engine = db.create_engine(url)
+    yield db.make_session_factory(engine)
+    engine.dispose()
+
+
+def _instance_row(i: int) -> tuple[Any, ...]:
+    return (
+        f"00000000-0000-4000-8000-{i:012d}",
+        f"vm-{i}",
+        "p",
+        "u",
+        "1",
+        '{"id": "1", "vcpus": 2}',
+        "img",
+        "active",
+        None,
+        1,
+        "leaf",
+        7,
+        "{}" if i % 2 else '{"k": "v"}',
+        False,
+        '[{"pool": "private", "address": "10.0.0.1", "version": 4}]',
+        WHEN + timedelta(seconds=i),
+        WHEN,
+    )
+
+
+INSTANCE_COLUMNS = (
+    "uuid", "name", "project_id", "user_id", "flavor_id", "flavor", "image_id", "vm_state",
+    "task_state", "power_state", "cell_path", "version", "metadata", "deleted", "addresses",
+    "created_at", "updated_at",
+)  # fmt: skip
+
+
+def test_rows_read_back_as_the_orm_writes_them(sessions: sessionmaker[Session]) -> None:
+    count = bulk.PG_ROWS + 7  # more than one PostgreSQL statement
+    with sessions.begin() as session:
+        bulk.insert_many(
+            session, INSTANCES, INSTANCE_COLUMNS, [_instance_row(i) for i in range(count)]
+        )
+        bulk.insert_many(
+            session,
+            OUTBOX,
+            ("peer", "kind", "instance_uuid", "version", "payload", "created_at"),
+            [("top", "instance_update", None, None, b"\x00\xffbytes", WHEN)],
+        )
+    with sessions() as session:
+        rows = {r.name: r for r in session.scalars(select(Instance))}
+        assert len(rows) == count
+        first, second = rows["vm-0"], rows["vm-1"]
+        assert first.flavor == {"id": "1", "vcpus": 2}
+        assert (first.metadata_, second.metadata_) == ({"k": "v"}, {})
+        assert first.addresses == [{"pool": "private", "address": "10.0.0.1", "version": 4}]
+        assert (first.task_state, first.deleted, first.version) == (None, False, 7)
+        assert first.created_at == WHEN and second.created_at == WHEN + timedelta(seconds=1)
+        assert first.updated_at == WHEN and first.updated_at.tzinfo is not None
+        outbox = session.scalar(select(OutboxEntry))
+        assert outbox is not None
+        assert (outbox.payload, outbox.instance_uuid, outbox.created_at) == (
+            b"\x00\xffbytes",
+            None,
+            WHEN,
+        )
+
+
+def test_update_by_key_with_increment_and_guard(sessions: sessionmaker[Session]) -> None:
+    count = bulk.PG_ROWS + 3
+    with sessions.begin() as session:
+        bulk.insert_many(
+            session, INSTANCES, INSTANCE_COLUMNS, [_instance_row(i) for i in range(count)]
+        )
+    uuids = [_instance_row(i)[0] for i in range(count)]
+    later = (WHEN + timedelta(hours=1)).astimezone(timezone(timedelta(hours=-5)))
+    with sessions.begin() as session:
+        session.execute(INSTANCES.update().where(INSTANCES.c.uuid == uuids[1]).values(deleted=True))
+        bulk.update_many(
+            session,
+            INSTANCES,
+            ("vm_state", "task_state", "addresses", "updated_at"),
+            "uuid",
+            [("stopped", None, "[]", later, uuid) for uuid in uuids],
+            increment="version",
+            unless="deleted",
+        )
+    with sessions() as session:
+        rows = {r.uuid: r for r in session.scalars(select(Instance))}
+    changed, guarded = rows[uuids[0]], rows[uuids[1]]
+    assert (changed.vm_state, changed.version, changed.addresses) == ("stopped", 8, [])
+    assert changed.updated_at == later  # stored as UTC
+    assert (guarded.vm_state, guarded.version) == ("active", 7)
+    assert sum(r.version == 8 for r in rows.values()) == count - 1
+
+
+def test_unknown_columns_and_naive_times_are_refused(sessions: sessionmaker[Session]) -> None:
+    with pytest.raises(ValueError, match="no column 'nope'"), sessions.begin() as session:
+        bulk.insert_many(session, OUTBOX, ("peer", "nope"), [("a", 1)])
+    with pytest.raises(ValueError, match="naive"):
+        bulk.sqlite_timestamp(datetime(2026, 1, 1))
+
+
+def test_update_many_of_instances_round_trips(sessions: sessionmaker[Session]) -> None:
+    """InstanceChanges.update_many through the bulk UPDATE: JSON attributes, an explicit
+    version, and the rows it gives back."""
+    changes = InstanceChanges()
+    with sessions.begin() as session:
+        bulk.insert_many(session, INSTANCES, INSTANCE_COLUMNS, [_instance_row(i) for i in range(3)])
+    uuids = [_instance_row(i)[0] for i in range(3)]
+    with sessions.begin() as session:
+        rows = changes.update_many(
+            session,
+            [
+                (uuids[0], {"metadata_": {"a": "b"}, "power_state": 4}),
+                (uuids[1], {"metadata_": {}, "power_state": 1}),
+                (uuids[2], {"version": 40}),
+            ],
+        )
+        assert [r.version for r in rows] == [8, 8, 41]
+        assert rows[0].metadata_ == '{"a": "b"}'  # JSON as stored text
+    with sessions() as session:
+        got = {i.uuid: i for i in session.scalars(select(Instance))}
+    assert (got[uuids[0]].metadata_, got[uuids[0]].power_state) == ({"a": "b"}, 4)
+    assert got[uuids[1]].metadata_ == {}
+    assert got[uuids[2]].version == 41
