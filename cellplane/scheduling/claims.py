@@ -54,23 +54,41 @@ def claim(session: Session, host: str, flavor: FlavorSpec) -> bool:
 
     The caller commits; the check and the update are one statement.
     """
+    result = session.connection().execute(
+        _CLAIM,
+        {
+            "b_host": host,
+            "b_vcpus": flavor.vcpus,
+            "b_memory_mb": flavor.memory_mb,
+            "b_disk_gb": flavor.disk_gb,
+        },
+    )
+    return result.rowcount == 1
+
+
+def _claim_statement() -> sa.Update:
     node = ComputeNode
-    stmt = (
+    vcpus = sa.bindparam("b_vcpus", type_=sa.Integer)
+    memory = sa.bindparam("b_memory_mb", type_=sa.Integer)
+    disk = sa.bindparam("b_disk_gb", type_=sa.Integer)
+    return (
         sa.update(node)
         .where(
-            node.host == host,
-            node.memory_mb_used + flavor.memory_mb <= node.memory_mb * node.ram_allocation_ratio,
-            node.local_gb_used + flavor.disk_gb <= node.local_gb * node.disk_allocation_ratio,
-            node.vcpus_used + flavor.vcpus <= node.vcpus * node.cpu_allocation_ratio,
+            node.host == sa.bindparam("b_host"),
+            node.memory_mb_used + memory <= node.memory_mb * node.ram_allocation_ratio,
+            node.local_gb_used + disk <= node.local_gb * node.disk_allocation_ratio,
+            node.vcpus_used + vcpus <= node.vcpus * node.cpu_allocation_ratio,
         )
         .values(
-            vcpus_used=node.vcpus_used + flavor.vcpus,
-            memory_mb_used=node.memory_mb_used + flavor.memory_mb,
-            local_gb_used=node.local_gb_used + flavor.disk_gb,
+            vcpus_used=node.vcpus_used + vcpus,
+            memory_mb_used=node.memory_mb_used + memory,
+            local_gb_used=node.local_gb_used + disk,
             running_vms=node.running_vms + 1,
         )
     )
-    return _execute(session, stmt)
+
+
+_CLAIM = _claim_statement()  # built once: it runs for every instance placed
 
 
 def release(session: Session, host: str, flavor: FlavorSpec) -> None:
