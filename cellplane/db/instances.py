@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Container, Iterable, Sequence
 from typing import Any, cast
 
-from sqlalchemy import JSON, Row, Table, Text, bindparam, inspect, select
+from sqlalchemy import JSON, Row, Table, Text, bindparam, insert, inspect, select
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
@@ -132,18 +132,23 @@ class InstanceChanges:
         self.on_change(session, instance, "update", None)
         return instance
 
-    def create_many(self, session: Session, instances: Sequence[Instance]) -> list[Instance]:
-        """:meth:`create` for many instances: one flush, one go at the pushes."""
-        for instance in instances:
-            instance.version = 1
-        session.add_all(instances)
-        session.flush()
+    def create_many(
+        self, session: Session, instances: Sequence[dict[str, Any]]
+    ) -> list[InstanceRow]:
+        """:meth:`create` for many instances, given as their attribute values: one
+        INSERT, one read back, one go at the pushes; the rows in the given order."""
+        if not instances:
+            return []
+        session.execute(insert(Instance), [{**values, "version": 1} for values in instances])
+        uuids = [values["uuid"] for values in instances]
+        loaded = _snapshots(session, uuids)
+        rows = [loaded[uuid] for uuid in uuids]
         if self.on_updates is not None:
-            self.on_updates(session, list(instances))
+            self.on_updates(session, rows)
         else:
-            for instance in instances:
-                self.on_change(session, instance, "update", None)
-        return list(instances)
+            for row in rows:
+                self.on_change(session, row, "update", None)
+        return rows
 
     def update(self, session: Session, uuid: str, **changes: Any) -> InstanceRow:
         """Apply ``changes`` to instance ``uuid`` and push the new version; the instance
@@ -275,6 +280,25 @@ def start_action(
     )
     session.add(row)
     return row
+
+
+def start_actions(session: Session, actions: Sequence[tuple[Any, str, str]]) -> None:
+    """:func:`start_action` of each ``(instance, action, request_id)``: one INSERT."""
+    now = utcnow()
+    rows = [
+        {
+            "request_id": request_id,
+            "instance_uuid": instance.uuid,
+            "action": action,
+            "project_id": instance.project_id,
+            "user_id": instance.user_id,
+            "start_time": now,
+            "message": "",
+        }
+        for instance, action, request_id in actions
+    ]
+    if rows:
+        session.execute(insert(InstanceAction), rows)
 
 
 def record_event(

@@ -22,8 +22,7 @@ from cellplane.amqp import RpcClient
 from cellplane.compute import states
 from cellplane.compute.actions import begin_action
 from cellplane.config import CellConfig
-from cellplane.db.instances import InstanceChanges, start_action
-from cellplane.db.models import Instance
+from cellplane.db.instances import InstanceChanges, start_actions
 from cellplane.errors import (
     CellplaneError,
     Code,
@@ -316,9 +315,12 @@ class BuildCoordinator:
                     cell_path=self.name,
                     server_group=req.hints.group or None,
                 )
-                rows.append(Instance(uuid=msg.uuid, **fields))
-            for row in self.changes.create_many(session, rows):
-                start_action(session, row, "create", req.request_ids.get(row.uuid, req.request_id))
+                rows.append({"uuid": msg.uuid, **fields})
+            created = self.changes.create_many(session, rows)
+            start_actions(
+                session,
+                [(row, "create", req.request_ids.get(row.uuid, req.request_id)) for row in created],
+            )
 
     # --- actions ---------------------------------------------------------------------
 
