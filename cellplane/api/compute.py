@@ -329,11 +329,8 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
         )
         uuids = [i.uuid for i in build.instances]
 
-        def placed() -> dict[str, Instance]:  # one thread hop for both
-            self.view.placed(uuids, accepted.cell_path)
-            return {row.uuid: row for row in self.view.get_many(uuids)}
-
-        return await asyncio.to_thread(placed)
+        rows = await asyncio.to_thread(self.view.placed, uuids, accepted.cell_path)
+        return {row.uuid: row for row in rows}
 
     # --- reading ---------------------------------------------------------------------
 

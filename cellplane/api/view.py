@@ -201,20 +201,21 @@ class ApiView:
             ).all()
             return list(rows)
 
-    def placed(self, uuids: Sequence[str], cell_path: str) -> None:
-        """Remember where a build went, unless a push already said more."""
-        with self.sessions() as session:  # pushes usually come first: then no write
-            known = session.scalars(
-                select(Instance.uuid).where(Instance.uuid.in_(uuids), Instance.cell_path != "")
-            ).all()
-        if len(set(known)) >= len(set(uuids)):
-            return
-        with self.sessions.begin() as session:
-            session.execute(
-                update(Instance)
-                .where(Instance.uuid.in_(uuids), Instance.cell_path == "")
-                .values(cell_path=cell_path)
-            )
+    def placed(self, uuids: Sequence[str], cell_path: str) -> list[Instance]:
+        """Remember where a build went, unless a push already said more; the instances
+        as the view holds them then, in the given order."""
+        rows = self.get_many(uuids)  # pushes usually come first: then no write
+        unplaced = [row for row in rows if not row.cell_path]
+        if unplaced:
+            with self.sessions.begin() as session:
+                session.execute(
+                    update(Instance)
+                    .where(Instance.uuid.in_([r.uuid for r in unplaced]), Instance.cell_path == "")
+                    .values(cell_path=cell_path)
+                )
+            for row in unplaced:  # as written (a push meanwhile named the same cell)
+                row.cell_path = cell_path
+        return rows
 
     def failed(self, uuids: Sequence[str], code: int, message: str) -> None:
         """Builds that no cell took: error state and a fault, here at the top."""
