@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Container, Iterable, Sequence
 from typing import Any, cast
 
-from sqlalchemy import JSON, Row, Table, Text, bindparam, insert, inspect, select
+from sqlalchemy import JSON, Row, Table, Text, bindparam, insert, inspect, select, update
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
@@ -331,26 +331,49 @@ def record_events(
     wanted = set(events)
     now = utcnow()
     pairs = sorted(wanted)
+    rows: list[dict[str, Any]] = []
+    finished: list[int] = []
+    session.flush()  # actions started in this transaction are read too
     for start in range(0, len(pairs), _IN_CHUNK):
         chunk = pairs[start : start + _IN_CHUNK]
-        for action in session.scalars(
-            select(InstanceAction).where(
-                InstanceAction.instance_uuid.in_({uuid for uuid, _ in chunk}),
-                InstanceAction.request_id.in_({request_id for _, request_id in chunk}),
-            )
-        ):
-            if (action.instance_uuid, action.request_id) not in wanted:
+        found = session.connection().execute(
+            _ACTIONS_OF,
+            {
+                "uuids": list({uuid for uuid, _ in chunk}),
+                "request_ids": list({request_id for _, request_id in chunk}),
+            },
+        )
+        for action_id, uuid, request_id, started in found:
+            if (uuid, request_id) not in wanted:
                 continue
-            wanted.discard((action.instance_uuid, action.request_id))  # one action each
-            session.add(
-                InstanceActionEvent(
-                    action_id=action.id,
-                    event=event,
-                    start_time=action.start_time,
-                    finish_time=now,
-                    result=result,
-                    host=host,
-                    details=details,
-                )
+            wanted.discard((uuid, request_id))  # one action each
+            finished.append(action_id)
+            rows.append(
+                {
+                    "action_id": action_id,
+                    "event": event,
+                    "start_time": started,
+                    "finish_time": now,
+                    "result": result,
+                    "host": host,
+                    "details": details,
+                }
             )
-            action.finish_time = now
+    if rows:
+        session.execute(insert(InstanceActionEvent), rows)
+        for start in range(0, len(finished), _IN_CHUNK):
+            session.execute(
+                update(InstanceAction)
+                .where(InstanceAction.id.in_(finished[start : start + _IN_CHUNK]))
+                .values(finish_time=now)
+            )
+
+
+# Built once: it runs for every batch of builds and every action.
+_ACTIONS_OF = select(
+    InstanceAction.id, InstanceAction.instance_uuid, InstanceAction.request_id,
+    InstanceAction.start_time,
+).where(
+    InstanceAction.instance_uuid.in_(bindparam("uuids", expanding=True)),
+    InstanceAction.request_id.in_(bindparam("request_ids", expanding=True)),
+)  # fmt: skip
