@@ -49,8 +49,9 @@ def _execute(session: Session, stmt: sa.Update) -> bool:
     return result.rowcount == 1
 
 
-def claim(session: Session, host: str, flavor: FlavorSpec) -> bool:
-    """Take ``flavor``'s resources on ``host`` if they still fit; False if not (or no host).
+def claim(session: Session, host: str, flavor: FlavorSpec, count: int = 1) -> bool:
+    """Take ``count`` times ``flavor``'s resources on ``host`` if they all still fit;
+    False if not (or no host): then nothing is taken.
 
     The caller commits; the check and the update are one statement.
     """
@@ -58,9 +59,10 @@ def claim(session: Session, host: str, flavor: FlavorSpec) -> bool:
         _CLAIM,
         {
             "b_host": host,
-            "b_vcpus": flavor.vcpus,
-            "b_memory_mb": flavor.memory_mb,
-            "b_disk_gb": flavor.disk_gb,
+            "b_vcpus": flavor.vcpus * count,
+            "b_memory_mb": flavor.memory_mb * count,
+            "b_disk_gb": flavor.disk_gb * count,
+            "b_count": count,
         },
     )
     return result.rowcount == 1
@@ -71,6 +73,7 @@ def _claim_statement() -> sa.Update:
     vcpus = sa.bindparam("b_vcpus", type_=sa.Integer)
     memory = sa.bindparam("b_memory_mb", type_=sa.Integer)
     disk = sa.bindparam("b_disk_gb", type_=sa.Integer)
+    count = sa.bindparam("b_count", type_=sa.Integer)
     return (
         sa.update(node)
         .where(
@@ -83,7 +86,7 @@ def _claim_statement() -> sa.Update:
             vcpus_used=node.vcpus_used + vcpus,
             memory_mb_used=node.memory_mb_used + memory,
             local_gb_used=node.local_gb_used + disk,
-            running_vms=node.running_vms + 1,
+            running_vms=node.running_vms + count,
         )
     )
 
@@ -209,7 +212,9 @@ class HostScheduler:
                 # All claims of a request commit together: if one instance fits
                 # nowhere, the rollback gives back what the others took.
                 with self.sessions.begin() as session:
-                    for index in range(count):
+                    if count > 1:
+                        placed = self._place_planned(session, spec, count, known)
+                    for index in range(len(placed), count):
                         try:
                             placed.append(self._place_one(session, spec, placed, known))
                         except NoValidHost as exc:
@@ -231,6 +236,45 @@ class HostScheduler:
             with self.sessions.begin() as session:
                 release(session, host, flavor)
             self.log.info("host_claim_released", host=host, flavor=flavor.flavor_id)
+
+    def _place_planned(
+        self, session: Session, spec: RequestSpec, count: int, known: list[HostCandidate]
+    ) -> list[str]:
+        """Choose a host for each of ``count`` instances on one read of the hosts, as
+        :meth:`_place_one` would one after another, then claim each chosen host once
+        for all its instances. What a host no longer has room for (a concurrent build
+        took it) is left to :meth:`_place_one`: the hosts claimed, in instance order.
+        """
+        known[:] = self.candidates(spec)
+        plan: list[str] = []
+        for _ in range(count):
+            candidates = with_pending(known, spec, plan)
+            try:
+                weighed = select_or_raise(candidates, spec, self.filters, self.weighers)
+            except NoValidHost:
+                break  # the instance by instance path says why
+            host = weighed[0].candidate.host
+            plan.append(host)
+            known[:] = [_claimed(c, spec.flavor, c.host == host) for c in known]
+        placed: list[str] = []
+        lost = False
+        for host, n in Counter(plan).items():
+            if claim(session, host, spec.flavor, n):
+                placed += [host] * n
+                self.log.info("host_claimed", host=host, flavor=spec.flavor.flavor_id, count=n)
+            else:
+                lost = True
+                self.log.info("host_claim_lost", host=host, flavor=spec.flavor.flavor_id)
+        if lost or len(placed) < count:
+            known.clear()  # read again, with what was claimed here added
+        # Instance order among the claimed: the plan's, for those claimed.
+        claimed = Counter(placed)
+        ordered = []
+        for host in plan:
+            if claimed[host]:
+                ordered.append(host)
+                claimed[host] -= 1
+        return ordered
 
     def _place_one(
         self, session: Session, spec: RequestSpec, placed: list[str], known: list[HostCandidate]

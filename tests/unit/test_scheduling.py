@@ -481,17 +481,100 @@ def test_a_lost_claim_rereads_hosts_with_this_requests_own_claims_counted(
     add_host(sessions, "b", memory_mb=4096)
     lost: list[str] = []
 
-    def claim_losing_once(session: Session, host: str, flavor: FlavorSpec) -> bool:
+    def claim_losing_once(session: Session, host: str, flavor: FlavorSpec, count: int = 1) -> bool:
         if len(lost) == 0 and host == "b":
             lost.append(host)  # a concurrent build took it: the hosts are read again
             return False
-        return claim(session, host, flavor)
+        return claim(session, host, flavor, count)
 
     monkeypatch.setattr(claims_module, "claim", claim_losing_once)
     spread = HostScheduler(sessions, SchedulerConfig(ram_weight_multiplier=1.0))
     placed = spread.place(spec(), 4)
     assert lost == ["b"]
-    # a; then b is lost and the next best, a, taken; then the hosts are read again:
+    # Planned a, b, a, b: a's two claims hold, b's are lost; the hosts are read again:
     # the read does not show a's two uncommitted claims, but the scheduler counts
     # them, so the last two go to b.
     assert placed == ["a", "a", "b", "b"]
+
+
+def _usage(sessions: sessionmaker[Session]) -> dict[str, int]:
+    with sessions() as s:
+        return {n.host: n.memory_mb_used for n in s.scalars(sa.select(ComputeNode))}
+
+
+@pytest.mark.parametrize("multiplier", [1.0, -1.0])
+def test_a_planned_request_claims_each_host_once_and_places_as_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, multiplier: float
+) -> None:
+    """Spread (1.0) and stack (-1.0): one UPDATE per chosen host, the same hosts as
+    claiming instance by instance gives."""
+    placements = {}
+    for planned in (True, False):
+        engine = create_engine(f"sqlite:///{tmp_path / f'{planned}.db'}")
+        Base.metadata.create_all(engine)
+        cell = make_sessions(engine)
+        for name, memory in (("a", 4096), ("b", 3072), ("c", 1024)):
+            add_host(cell, name, memory_mb=memory)
+        calls: list[tuple[str, int]] = []
+
+        def counting(session: Session, host: str, flavor: FlavorSpec, count: int = 1) -> bool:
+            calls.append((host, count))  # noqa: B023 (read right after this loop's place)
+            return claim(session, host, flavor, count)
+
+        monkeypatch.setattr(claims_module, "claim", counting)
+        scheduler = HostScheduler(cell, SchedulerConfig(ram_weight_multiplier=multiplier))
+        if not planned:
+            monkeypatch.setattr(scheduler, "_place_planned", lambda *args: [])
+        hosts_placed = scheduler.place(spec(), 10)
+        placements[planned] = (sorted(hosts_placed), _usage(cell))
+        if planned:
+            assert len(calls) == len(set(hosts_placed))  # one claim per host
+        else:
+            assert len(calls) == 10
+        engine.dispose()
+    assert placements[True] == placements[False]
+
+
+def test_a_planned_request_that_does_not_fit_takes_nothing(
+    sessions: sessionmaker[Session],
+) -> None:
+    add_host(sessions, "a", memory_mb=1536)  # room for 3
+    add_host(sessions, "b", memory_mb=1024)  # room for 2
+    scheduler = HostScheduler(sessions, SchedulerConfig())
+    with pytest.raises(NoValidHost, match="placing instance 6 of 6"):
+        scheduler.place(spec(), 6)
+    assert _usage(sessions) == {"a": 0, "b": 0}
+    assert sorted(scheduler.place(spec(), 5)) == ["a", "a", "a", "b", "b"]
+    assert _usage(sessions) == {"a": 1536, "b": 1024}
+
+
+def test_a_planned_claim_lost_to_a_concurrent_build_goes_elsewhere(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_host(sessions, "a", memory_mb=2048)  # room for 4
+    add_host(sessions, "b", memory_mb=2048)
+    scheduler = HostScheduler(sessions, SchedulerConfig(ram_weight_multiplier=1.0))
+    real_candidates = scheduler.candidates
+
+    def read_then_lose_room(request: RequestSpec) -> list[Any]:
+        read = real_candidates(request)
+        with sessions.begin() as s:  # another build fills b after the read
+            assert claim(s, "b", SMALL, 4)
+        return read
+
+    monkeypatch.setattr(scheduler, "candidates", read_then_lose_room)
+    monkeypatch.setattr(scheduler, "_place_one", _place_one_reading(scheduler, real_candidates))
+    placed = scheduler.place(spec(), 4)  # planned a, b, a, b: b's two go to a
+    assert placed == ["a", "a", "a", "a"]
+    assert _usage(sessions) == {"a": 2048, "b": 2048}
+
+
+def _place_one_reading(scheduler: HostScheduler, read: Any) -> Any:
+    """_place_one with the real host read (only the planned read loses room)."""
+    original = HostScheduler._place_one
+
+    def place_one(session: Session, request: RequestSpec, placed: Any, known: Any) -> str:
+        scheduler.candidates = read  # type: ignore[method-assign]
+        return original(scheduler, session, request, placed, known)
+
+    return place_one
