@@ -108,13 +108,9 @@ def _reuse_many(
 ) -> list[str]:
     """Take back released addresses of ``pool`` for the first of ``instance_uuids``
     (one read when there are none); the addresses taken, in order."""
-    row = IpAllocation
-    candidates = session.execute(
-        sa.select(row.id, row.address)
-        .where(row.pool == pool, row.instance_uuid.is_(None))
-        .order_by(row.id)
-        .limit(len(instance_uuids))
-    ).all()
+    candidates = (
+        session.connection().execute(_RELEASED, {"pool": pool, "limit": len(instance_uuids)}).all()
+    )
     taken: list[str] = []
     for candidate in candidates:
         address = _take_released(session, candidate, network, instance_uuids[len(taken)])
@@ -131,14 +127,34 @@ def _reuse_many(
     return taken
 
 
+# Built once: they run for every batch of builds.
+_HELD = (
+    sa.select(IpAllocation.instance_uuid, IpAllocation.pool, IpAllocation.address)
+    .where(IpAllocation.instance_uuid.in_(sa.bindparam("uuids", expanding=True)))
+    .order_by(IpAllocation.id)
+)
+_NEWEST = (
+    sa.select(IpAllocation.address)
+    .where(IpAllocation.pool == sa.bindparam("pool"))
+    .order_by(IpAllocation.id.desc())
+    .limit(1)
+)
+_RELEASED = (
+    sa.select(IpAllocation.id, IpAllocation.address)
+    .where(IpAllocation.pool == sa.bindparam("pool"), IpAllocation.instance_uuid.is_(None))
+    .order_by(IpAllocation.id)
+    .limit(sa.bindparam("limit"))
+)
+
+
 def _held(session: Session, instance_uuids: Sequence[str]) -> dict[str, list[Address]]:
     held: dict[str, list[Address]] = {}
     for start in range(0, len(instance_uuids), 500):
-        rows = session.execute(
-            sa.select(IpAllocation.instance_uuid, IpAllocation.pool, IpAllocation.address)
-            .where(IpAllocation.instance_uuid.in_(instance_uuids[start : start + 500]))
-            .order_by(IpAllocation.id)
-        ).all()
+        rows = (
+            session.connection()
+            .execute(_HELD, {"uuids": list(instance_uuids[start : start + 500])})
+            .all()
+        )
         for uuid, pool, address in rows:
             address_of: Address = {"pool": pool, "address": address}
             address_of["version"] = ipaddress.ip_address(address).version
@@ -175,12 +191,7 @@ def _append_run(
 
 def _after_newest(session: Session, pool: str, network: Network, first: int) -> int:
     """The address after the pool's newest row (``first`` if none lies in ``network``)."""
-    newest = session.scalar(
-        sa.select(IpAllocation.address)
-        .where(IpAllocation.pool == pool)
-        .order_by(IpAllocation.id.desc())
-        .limit(1)
-    )
+    newest = session.connection().execute(_NEWEST, {"pool": pool}).scalar()
     if newest is not None and ipaddress.ip_address(newest) in network:
         return max(first, int(ipaddress.ip_address(newest)) + 1)
     return first

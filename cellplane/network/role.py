@@ -26,6 +26,11 @@ DEFAULT_NETWORK_TIMEOUT = 30.0
 log = structlog.get_logger()
 
 
+_LIVE = sa.select(Instance.uuid).where(
+    Instance.uuid.in_(sa.bindparam("uuids", expanding=True)), Instance.deleted.is_(False)
+)
+
+
 class NetworkEndpoint:
     """The RPC methods of the network role (every public method is served)."""
 
@@ -56,13 +61,7 @@ class NetworkEndpoint:
         uuids = list(dict.fromkeys(instance_uuids))
         failed: dict[str, str] = {}
         with self._sessions.begin() as session:
-            live = set(
-                session.scalars(
-                    sa.select(Instance.uuid).where(
-                        Instance.uuid.in_(uuids), Instance.deleted.is_(False)
-                    )
-                )
-            )
+            live = set(session.connection().execute(_LIVE, {"uuids": uuids}).scalars())
             for uuid in uuids:
                 if uuid not in live:
                     failed[uuid] = f"instance {uuid} not found"
