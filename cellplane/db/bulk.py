@@ -68,7 +68,13 @@ def update_many(
 ) -> None:
     """UPDATE ``table`` SET ``columns`` WHERE ``key`` = the last value of each row
     (a tuple of the new values in the order of ``columns``, then the key); also
-    ``increment`` + 1, and only where ``unless`` is false, if given."""
+    ``increment`` + 1, and only where ``unless`` is false, if given.
+
+    Each key may appear once: one statement updates a row once (PostgreSQL would
+    take any one of two values for it).
+    """
+    if len({row[-1] for row in rows}) != len(rows):
+        raise ValueError(f"update of {table.name}: a {key} appears twice")
     if rows:
         shape = _Shape(table, "update", tuple(columns), key, increment, unless)
         _execute(session, shape, rows)

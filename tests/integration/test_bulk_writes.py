@@ -126,6 +126,8 @@ def test_update_by_key_with_increment_and_guard(sessions: sessionmaker[Session])
 def test_unknown_columns_and_naive_times_are_refused(sessions: sessionmaker[Session]) -> None:
     with pytest.raises(ValueError, match="no column 'nope'"), sessions.begin() as session:
         bulk.insert_many(session, OUTBOX, ("peer", "nope"), [("a", 1)])
+    with pytest.raises(ValueError, match="a uuid appears twice"), sessions.begin() as session:
+        bulk.update_many(session, INSTANCES, ("name",), "uuid", [("a", "u1"), ("b", "u1")])
     with pytest.raises(ValueError, match="naive"):
         bulk.sqlite_timestamp(datetime(2026, 1, 1))
 
