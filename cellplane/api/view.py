@@ -54,6 +54,7 @@ _OPEN_ACTIONS = select(
     _ACTIONS.instance_uuid.in_(bindparam("uuids", expanding=True)), _ACTIONS.finish_time.is_(None)
 )
 _QUEUED_IMAGES = select(Image).where(Image.status == "queued")
+_ANY_QUEUED_IMAGE = select(Image.id).where(Image.status == "queued").limit(1)
 
 
 class ApiView:
@@ -341,6 +342,8 @@ class ApiView:
         """Finish the open actions, and activate the queued snapshots, of instances
         whose task ended (uuid -> (action result, host, root_gb))."""
         ApiView._finish_actions(session, {u: (r, h) for u, (r, h, _) in ended.items()})
+        if session.connection().execute(_ANY_QUEUED_IMAGE).first() is None:
+            return  # the usual case: no snapshot waiting
         for image in session.scalars(_QUEUED_IMAGES):
             of = (image.properties or {}).get("snapshot_of")
             if of in ended:
