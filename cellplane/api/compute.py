@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from cellplane.api.auth import Authenticator, Caller
 from cellplane.api.status import grpc_code, rpc
-from cellplane.api.view import ApiView, NewInstance
+from cellplane.api.view import ApiView, NewInstance, ViewRow
 from cellplane.batching import Batcher
 from cellplane.compute import states
 from cellplane.db.models import Flavor, Image, Instance
@@ -127,13 +127,13 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
         self.auth = auth
         self.view = view
         # Concurrent creates share a transaction, and alike builds one trip down.
-        self._creates: Batcher[_Create, tuple[Flavor, Image, list[Instance], bool]] = Batcher(
+        self._creates: Batcher[_Create, tuple[Flavor, Image, list[ViewRow], bool]] = Batcher(
             self._create_many,
             max_items=MERGED_INSTANCES,
             max_running=1,  # one writer at a time anyway: the others wait and merge
             size=lambda c: len(c.names),
         )
-        self._builds: Batcher[tuple[link_pb2.BuildRequest, float, bool], list[Instance]] = Batcher(
+        self._builds: Batcher[tuple[link_pb2.BuildRequest, float, bool], list[ViewRow]] = Batcher(
             self._schedule_many, max_items=MERGED_INSTANCES, size=lambda b: len(b[0].instances)
         )
 
@@ -175,15 +175,15 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
 
     async def _create_many(
         self, key: object, creates: list[_Create]
-    ) -> list[tuple[Flavor, Image, list[Instance], bool] | BaseException]:
+    ) -> list[tuple[Flavor, Image, list[ViewRow], bool] | BaseException]:
         """The API rows of concurrent creates: one thread hop, one transaction."""
         del key
         return await asyncio.to_thread(self._create_rows, creates)
 
     def _create_rows(
         self, creates: list[_Create]
-    ) -> list[tuple[Flavor, Image, list[Instance], bool] | BaseException]:
-        out: list[tuple[Flavor, Image, list[Instance], bool] | BaseException] = []
+    ) -> list[tuple[Flavor, Image, list[ViewRow], bool] | BaseException]:
+        out: list[tuple[Flavor, Image, list[ViewRow], bool] | BaseException] = []
         found: dict[tuple[str, str], tuple[Flavor, Image] | CellplaneError] = {}
         valid: list[tuple[int, Flavor, Image, _Create]] = []
         for create in creates:
@@ -245,13 +245,13 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
 
     async def _schedule(
         self,
-        rows: list[Instance],
+        rows: list[ViewRow],
         flavor: Flavor,
         image: Image,
         request: compute_pb2.CreateInstancesRequest,
         request_id: str,
         caller: Caller,
-    ) -> list[Instance]:
+    ) -> list[ViewRow]:
         """Send the build down; the instances as the view holds them afterwards."""
         build = link_pb2.BuildRequest(
             instances=[self._to_proto(r) for r in rows],
@@ -294,7 +294,7 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
 
     async def _schedule_many(
         self, key: object, builds: list[tuple[link_pb2.BuildRequest, float, bool]]
-    ) -> list[list[Instance] | BaseException]:
+    ) -> list[list[ViewRow] | BaseException]:
         """Send alike builds down as one request (their instances together); if that
         fails, each on its own, so that no build fails for sharing a request. Each
         gets its instances as the view holds them afterwards."""
@@ -323,7 +323,7 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
 
     async def _place(
         self, build: link_pb2.BuildRequest, deadline: float, is_admin: bool
-    ) -> dict[str, Instance]:
+    ) -> dict[str, ViewRow]:
         accepted = await self.cell.builds.schedule(
             build, self.cell.name, deadline, is_admin=is_admin
         )
@@ -406,7 +406,7 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
             out.append(item)
         return out
 
-    def _to_proto(self, row: Instance, fault: Any = None) -> types_pb2.Instance:
+    def _to_proto(self, row: ViewRow, fault: Any = None) -> types_pb2.Instance:
         out = codec.instance_to_proto(row)
         if row.cell_path and not self._cell_reachable(row.cell_path):
             out.stale = True

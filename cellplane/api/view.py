@@ -7,16 +7,19 @@ that WatchInstances reads, user actions, and snapshots waiting to finish.
 
 from __future__ import annotations
 
+import json
 import uuid as uuidlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeAlias, cast
 
 from sqlalchemy import Table, bindparam, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cellplane.compute import states
+from cellplane.db import bulk
+from cellplane.db.instances import InstanceRow, snapshots
 from cellplane.db.models import (
     CreateRequest,
     Image,
@@ -57,6 +60,18 @@ _QUEUED_IMAGES = select(Image).where(Image.status == "queued")
 _ANY_QUEUED_IMAGE = select(Image.id).where(Image.status == "queued").limit(1)
 
 
+# An instance as the view gives it: an ORM row, or (just created) a Core row.
+ViewRow: TypeAlias = Instance | InstanceRow
+_INSTANCES = cast(Table, Instance.__table__)
+_COLUMN_OF = {attr.key: attr.columns[0].name for attr in Instance.__mapper__.column_attrs}
+_JSON = {"flavor", "metadata_", "addresses"}
+
+
+def _text(key: str, value: Any) -> Any:
+    """``value`` of instance attribute ``key`` as bulk writes take it (JSON as text)."""
+    return json.dumps(value) if key in _JSON else value
+
+
 class ApiView:
     """Reads and writes of the API cell's view."""
 
@@ -65,7 +80,7 @@ class ApiView:
 
     def create(
         self, project_id: str, key: str, request_id: str, new: Sequence[NewInstance]
-    ) -> tuple[list[Instance], bool]:
+    ) -> tuple[list[ViewRow], bool]:
         """Create rows for ``new`` (or, for a known idempotency key, return the first
         call's instances). Returns (instances, created)."""
         if key:
@@ -84,10 +99,10 @@ class ApiView:
 
     def create_many(
         self, creates: Sequence[tuple[str, str, str, Sequence[NewInstance]]]
-    ) -> list[tuple[list[Instance], bool]]:
+    ) -> list[tuple[list[ViewRow], bool]]:
         """:meth:`create` for each ``(project_id, key, request_id, new)`` of ``creates``,
         in one transaction (or, if that one fails on a key, one at a time)."""
-        out: dict[int, tuple[list[Instance], bool]] = {}
+        out: dict[int, tuple[list[ViewRow], bool]] = {}
         for i, (project_id, key, _, _) in enumerate(creates):
             existing = self.by_key(project_id, key) if key else None
             if existing is not None:
@@ -109,7 +124,7 @@ class ApiView:
 
     def _add_many(
         self, session: Session, creates: Sequence[tuple[str, str, str, Sequence[NewInstance]]]
-    ) -> list[list[Instance]]:
+    ) -> list[list[ViewRow]]:
         """Rows for each ``(project_id, key, request_id, new)``: plain multi-row INSERTs
         (instances, change log, actions) and one read back."""
         requests: dict[int, CreateRequest] = {}
@@ -158,12 +173,14 @@ class ApiView:
             uuids_of.append(uuids)
         if not values:
             return [[] for _ in creates]
-        session.execute(insert(Instance), values)
-        rows: dict[str, Instance] = {}
-        every = [v["uuid"] for v in values]
-        for start in range(0, len(every), 500):
-            query = select(Instance).where(Instance.uuid.in_(every[start : start + 500]))
-            rows.update((r.uuid, r) for r in session.scalars(query))
+        columns = [_COLUMN_OF[key] for key in values[0]]
+        bulk.insert_many(
+            session,
+            _INSTANCES,
+            columns,
+            [tuple(_text(key, v) for key, v in row.items()) for row in values],
+        )
+        rows = snapshots(session, [v["uuid"] for v in values])
         for i, request in requests.items():
             request.instance_uuids = uuids_of[i]
         changes, actions = [], []
@@ -185,7 +202,7 @@ class ApiView:
         session.execute(insert(InstanceAction), actions)
         return [[rows[u] for u in uuids] for uuids in uuids_of]
 
-    def by_key(self, project_id: str, key: str) -> list[Instance] | None:
+    def by_key(self, project_id: str, key: str) -> list[ViewRow] | None:
         """The instances of an earlier create with this idempotency key."""
         with self.sessions() as session:
             request = session.scalar(
@@ -202,7 +219,7 @@ class ApiView:
             ).all()
             return list(rows)
 
-    def placed(self, uuids: Sequence[str], cell_path: str) -> list[Instance]:
+    def placed(self, uuids: Sequence[str], cell_path: str) -> list[ViewRow]:
         """Remember where a build went, unless a push already said more; the instances
         as the view holds them then, in the given order."""
         rows = self.get_many(uuids)  # pushes usually come first: then no write
@@ -241,7 +258,7 @@ class ApiView:
             raise InstanceNotFound(f"instance {uuid} not found")
         return row
 
-    def get_many(self, uuids: Sequence[str]) -> list[Instance]:
+    def get_many(self, uuids: Sequence[str]) -> list[ViewRow]:
         """Instances by uuid, in the given order."""
         with self.sessions() as session:
             rows = {

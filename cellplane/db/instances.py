@@ -141,7 +141,7 @@ class InstanceChanges:
             return []
         session.execute(insert(Instance), [{**values, "version": 1} for values in instances])
         uuids = [values["uuid"] for values in instances]
-        loaded = _snapshots(session, uuids)
+        loaded = snapshots(session, uuids)
         rows = [loaded[uuid] for uuid in uuids]
         if self.on_updates is not None:
             self.on_updates(session, rows)
@@ -192,7 +192,7 @@ class InstanceChanges:
                 unless="deleted",
             )
             uuids = [uuid for uuid, _ in run]
-            loaded = _snapshots(session, uuids)
+            loaded = snapshots(session, uuids)
             for uuid in uuids:
                 if uuid not in loaded:
                     raise InstanceNotFound(f"instance {uuid} not found")
@@ -243,11 +243,14 @@ class InstanceChanges:
         return fault
 
 
-def _snapshots(session: Session, uuids: list[str]) -> dict[str, InstanceRow]:
-    """The live instances of ``uuids`` by uuid, as the database has them now."""
+def snapshots(session: Session, uuids: Sequence[str]) -> dict[str, InstanceRow]:
+    """The live instances of ``uuids`` by uuid, as the database has them now (Core rows,
+    see InstanceRow)."""
     found: dict[str, InstanceRow] = {}
     for start in range(0, len(uuids), _IN_CHUNK):
-        for row in session.execute(_SNAPSHOT_LIVE_IN, {"uuids": uuids[start : start + _IN_CHUNK]}):
+        for row in session.execute(
+            _SNAPSHOT_LIVE_IN, {"uuids": list(uuids[start : start + _IN_CHUNK])}
+        ):
             found[row.uuid] = row
     return found
 
