@@ -226,12 +226,20 @@ class ApiView:
         unplaced = [row for row in rows if not row.cell_path]
         if unplaced:
             with self.sessions.begin() as session:
-                session.execute(
-                    update(Instance)
-                    .where(Instance.uuid.in_([r.uuid for r in unplaced]), Instance.cell_path == "")
-                    .values(cell_path=cell_path)
+                written = (
+                    session.connection()
+                    .execute(
+                        update(Instance)
+                        .where(
+                            Instance.uuid.in_([r.uuid for r in unplaced]), Instance.cell_path == ""
+                        )
+                        .values(cell_path=cell_path)
+                    )
+                    .rowcount
                 )
-            for row in unplaced:  # as written (a push meanwhile named the same cell)
+            if written != len(unplaced):
+                return self.get_many(uuids)  # pushes came meanwhile: as they left them
+            for row in unplaced:  # as written
                 row.cell_path = cell_path
         return rows
 

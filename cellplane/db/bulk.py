@@ -91,10 +91,14 @@ def sqlite_timestamp(value: datetime) -> str:
 
 def _execute(session: Session, shape: _Shape, rows: list[Any]) -> None:
     connection = session.connection()
+    stamps = [i for i, c in enumerate(shape.columns) if c in _timestamps(shape.table)]
     if connection.dialect.name == "postgresql":
+        for row in rows:
+            for i in stamps:
+                if row[i] is not None and row[i].tzinfo is None:
+                    raise ValueError("naive datetime; cellplane stores UTC-aware timestamps only")
         _execute_values(connection, shape, rows)
         return
-    stamps = [i for i, c in enumerate(shape.columns) if c in _timestamps(shape.table)]
     if stamps and connection.dialect.name == "sqlite":
         rows = [_sqlite_stamps(row, stamps) for row in rows]
     connection.exec_driver_sql(_sql(connection.dialect, shape), rows)

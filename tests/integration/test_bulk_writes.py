@@ -128,8 +128,14 @@ def test_unknown_columns_and_naive_times_are_refused(sessions: sessionmaker[Sess
         bulk.insert_many(session, OUTBOX, ("peer", "nope"), [("a", 1)])
     with pytest.raises(ValueError, match="a uuid appears twice"), sessions.begin() as session:
         bulk.update_many(session, INSTANCES, ("name",), "uuid", [("a", "u1"), ("b", "u1")])
-    with pytest.raises(ValueError, match="naive"):
-        bulk.sqlite_timestamp(datetime(2026, 1, 1))
+    with pytest.raises(ValueError, match="naive"), sessions.begin() as session:
+        naive = ("top", "instance_update", None, None, b"", datetime(2026, 1, 1))
+        bulk.insert_many(
+            session,
+            OUTBOX,
+            ("peer", "kind", "instance_uuid", "version", "payload", "created_at"),
+            [naive],
+        )
 
 
 def test_update_many_of_instances_round_trips(sessions: sessionmaker[Session]) -> None:
