@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -23,14 +22,10 @@ OUTBOX = cast(Table, OutboxEntry.__table__)
 WHEN = datetime(2026, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'cell.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    db.upgrade(url)
-    engine = db.create_engine(url)
+@pytest.fixture
+def sessions(cell_database_url: str) -> Iterator[sessionmaker[Session]]:
+    db.upgrade(cell_database_url)
+    engine = db.create_engine(cell_database_url)
     yield db.make_session_factory(engine)
     engine.dispose()
 

@@ -52,14 +52,10 @@ def migrated_cell(url: str) -> tuple[sa.Engine, sessionmaker[Session]]:
     return engine, factory
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+@pytest.fixture
+def sessions(cell_database_url: str) -> Iterator[sessionmaker[Session]]:
     """The cell database on a SQLite file, then on PostgreSQL."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'cell.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    engine, factory = migrated_cell(url)
+    engine, factory = migrated_cell(cell_database_url)
     yield factory
     engine.dispose()
 
