@@ -98,6 +98,10 @@ class CellsHere:
 
         return await asyncio.to_thread(write)
 
+    async def cpu(self) -> float:
+        """CPU seconds this process has used (every thread, user and system)."""
+        return time.process_time()
+
     async def stop(self) -> None:
         cells, self.cells = self.cells, {}
         for cell in reversed(list(cells.values())):
@@ -135,6 +139,9 @@ class HostProcess:
 
     async def update(self, name: str, uuids: list[str], rounds: int, batch: int = 1) -> list[float]:
         return list(await self._ask("update", name, uuids, rounds, batch))
+
+    async def cpu(self) -> float:
+        return float(await self._ask("cpu"))
 
     async def stop(self) -> None:
         with contextlib.suppress(BenchError, TimeoutError):

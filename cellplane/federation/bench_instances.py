@@ -14,6 +14,10 @@ process, as they must.
   ``InstanceChanges.update`` per change (``batch`` 1) or ``update_many`` with
   ``batch`` changes per call; a change counts when the API cell's database
   holds its version; its latency runs from the leaf's commit.
+
+Both also report the CPU time every process of the tree used over the measured
+part, per build or per change (``cpu_us``, and each process's share): a figure
+that varies far less than throughput on a busy or throttled machine.
 """
 
 from __future__ import annotations
@@ -164,16 +168,44 @@ async def _bench(
         api = local.cells["api"]
         await wait_links_up(api.neighbours.children())
         row: Row = {"measure": what, "backend": backend, "layout": layout}
+        meter = _CpuMeter(where, local)
         if what == "builds":
-            row.update(await _builds(api, n, batch, conc))
+            row.update(await _builds(api, meter, n, batch, conc))
         else:
-            row.update(await _pushes(api, where, n, batch))
+            row.update(await _pushes(api, meter, where, n, batch))
         return row
     finally:
         await asyncio.gather(*[h.stop() for h in hosts])
         await local.stop()
         for host in hosts:
             host.end()
+
+
+class _CpuMeter:
+    """CPU time of every process of the tree over the measured part of a run."""
+
+    def __init__(self, where: dict[str, Any], local: Any) -> None:
+        self.processes: dict[str, Any] = {}  # label -> CellsHere or HostProcess
+        for name, host in where.items():
+            label = "api+bench" if host is local else name
+            if host is local and label in self.processes:
+                continue
+            self.processes[label] = host
+        self._start: dict[str, float] = {}
+
+    async def start(self) -> None:
+        self._start = {label: await p.cpu() for label, p in self.processes.items()}
+
+    async def per_op(self, ops: int) -> Row:
+        """Total CPU µs per operation, and each process's share."""
+        used = {label: await p.cpu() - self._start[label] for label, p in self.processes.items()}
+        ops = max(ops, 1)
+        return {
+            "cpu_us": round(sum(used.values()) * 1e6 / ops),
+            "cpu_us_by_process": ", ".join(
+                f"{label} {round(seconds * 1e6 / ops)}" for label, seconds in used.items()
+            ),
+        }
 
 
 # --- watching the top ------------------------------------------------------------------
@@ -255,7 +287,7 @@ async def _wait(done: Any, timeout: float, what: Any) -> None:
 # --- builds ----------------------------------------------------------------------------
 
 
-async def _builds(api: Any, n: int, batch: int, concurrency: int) -> Row:
+async def _builds(api: Any, meter: _CpuMeter, n: int, batch: int, concurrency: int) -> Row:
     from cellplane.v1 import compute_pb2, compute_pb2_grpc
 
     watcher = _TopWatcher(api.config.database_url)
@@ -285,6 +317,7 @@ async def _builds(api: Any, n: int, batch: int, concurrency: int) -> Row:
                     for uuid in await create(count):
                         started[uuid] = began
 
+            await meter.start()
             first = time.time()
             await asyncio.gather(*[worker() for _ in range(min(concurrency, len(calls)))])
             await _wait(
@@ -295,6 +328,7 @@ async def _builds(api: Any, n: int, batch: int, concurrency: int) -> Row:
                     f"({len(watcher.seen)} active, {len(watcher.failed)} failed)"
                 ),
             )
+            cpu = await meter.per_op(len(watcher.seen))
     finally:
         watcher.close()
     latencies = [watcher.seen[u] - started[u] for u in started if u in watcher.seen]
@@ -312,6 +346,7 @@ async def _builds(api: Any, n: int, batch: int, concurrency: int) -> Row:
         **_percentiles_ms(latencies),
         "active": len(latencies),
         "failed": len(watcher.failed),
+        **cpu,
         "aim": ">= 500/s",
         **fault,
     }
@@ -338,7 +373,7 @@ async def _warm_up(api: Any, create: Any) -> None:
 # --- pushes ----------------------------------------------------------------------------
 
 
-async def _pushes(api: Any, where: dict[str, Any], n: int, batch: int) -> Row:
+async def _pushes(api: Any, meter: _CpuMeter, where: dict[str, Any], n: int, batch: int) -> Row:
     per_leaf = -(-n // len(LEAVES))
     count = min(PUSH_INSTANCES, per_leaf)
     rounds = -(-per_leaf // count)
@@ -348,6 +383,7 @@ async def _pushes(api: Any, where: dict[str, Any], n: int, batch: int) -> Row:
     try:
         watcher.watch(watcher.version)
         await _wait(lambda: len(watcher.versions) >= expected, 60, "the instances at the top")
+        await meter.start()
         first = time.time()
         commits = await asyncio.gather(
             *[where[leaf].update(leaf, owned[leaf], rounds, batch) for leaf in LEAVES]
@@ -362,6 +398,7 @@ async def _pushes(api: Any, where: dict[str, Any], n: int, batch: int) -> Row:
             max(120.0, n / 20),
             lambda: f"every change at the top ({arrived()} of {rounds * expected} arrived)",
         )
+        cpu = await meter.per_op(rounds * expected)
     finally:
         watcher.close()
     latencies, last = [], 0.0
@@ -380,6 +417,7 @@ async def _pushes(api: Any, where: dict[str, Any], n: int, batch: int) -> Row:
         "per_s": round(total / (last - first)),
         **_percentiles_ms(latencies),
         "written_per_s": round(total / (max(c[-1] for c in commits) - first)),
+        **cpu,
         "aim": ">= 20,000/s",
     }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from cellplane.federation.bench_instances import run_instance_bench
 
-FIGURES = {"measure", "backend", "layout", "n", "per_s", "p50_ms", "p99_ms", "aim"}
+FIGURES = {"measure", "backend", "layout", "n", "per_s", "p50_ms", "p99_ms", "cpu_us", "aim"}
 
 
 def _check_rows(rows: list[dict[str, object]], what: str) -> dict[str, object]:
@@ -16,6 +16,8 @@ def _check_rows(rows: list[dict[str, object]], what: str) -> dict[str, object]:
     assert row["measure"] == what and row["backend"] == "embedded"
     assert isinstance(row["per_s"], int) and row["per_s"] > 0
     assert 0 <= row["p50_ms"] <= row["p99_ms"]  # type: ignore[operator]
+    assert isinstance(row["cpu_us"], int) and row["cpu_us"] > 0  # CPU per build or push
+    assert str(row["cpu_us_by_process"]).startswith("api+bench ")
     return row
 
 
