@@ -7,7 +7,6 @@ that WatchInstances reads, user actions, and snapshots waiting to finish.
 
 from __future__ import annotations
 
-import json
 import uuid as uuidlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,8 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cellplane.compute import states
-from cellplane.db import bulk
-from cellplane.db.instances import InstanceRow, snapshots
+from cellplane.db.instances import InstanceRow, insert_rows, snapshots
 from cellplane.db.models import (
     CreateRequest,
     Image,
@@ -62,14 +60,6 @@ _ANY_QUEUED_IMAGE = select(Image.id).where(Image.status == "queued").limit(1)
 
 # An instance as the view gives it: an ORM row, or (just created) a Core row.
 ViewRow: TypeAlias = Instance | InstanceRow
-_INSTANCES = cast(Table, Instance.__table__)
-_COLUMN_OF = {attr.key: attr.columns[0].name for attr in Instance.__mapper__.column_attrs}
-_JSON = {"flavor", "metadata_", "addresses"}
-
-
-def _text(key: str, value: Any) -> Any:
-    """``value`` of instance attribute ``key`` as bulk writes take it (JSON as text)."""
-    return json.dumps(value) if key in _JSON else value
 
 
 class ApiView:
@@ -173,13 +163,7 @@ class ApiView:
             uuids_of.append(uuids)
         if not values:
             return [[] for _ in creates]
-        columns = [_COLUMN_OF[key] for key in values[0]]
-        bulk.insert_many(
-            session,
-            _INSTANCES,
-            columns,
-            [tuple(_text(key, v) for key, v in row.items()) for row in values],
-        )
+        insert_rows(session, values)
         rows = snapshots(session, [v["uuid"] for v in values])
         for i, request in requests.items():
             request.instance_uuids = uuids_of[i]

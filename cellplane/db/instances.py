@@ -11,7 +11,7 @@ outbox rows), for callers that change several instances in one transaction.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Container, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 from sqlalchemy import JSON, Row, Table, Text, bindparam, insert, inspect, select, update
@@ -47,11 +47,9 @@ _LIVE_FOR_UPDATE = _LIVE.with_for_update()
 _INSTANCES = cast(Table, Instance.__table__)
 _COLUMN_OF = {attr.key: attr.columns[0].name for attr in Instance.__mapper__.column_attrs}
 # JSON columns by attribute: written as their text (see cellplane.db.bulk).
-_JSON_KEYS = {
-    attr.key: json.dumps
-    for attr in Instance.__mapper__.column_attrs
-    if isinstance(attr.columns[0].type, JSON)
-}
+_JSON_KEYS = frozenset(
+    attr.key for attr in Instance.__mapper__.column_attrs if isinstance(attr.columns[0].type, JSON)
+)
 _IN_CHUNK = 500  # uuids per ``IN (...)`` look-up
 _LIVE_IN = select(Instance).where(
     Instance.uuid.in_(bindparam("uuids", expanding=True)), Instance.deleted.is_(False)
@@ -170,13 +168,9 @@ class InstanceChanges:
         for keys, run in _runs(items):
             now = utcnow()
             explicit = "version" in keys  # an explicit version replaces version + 1
-            encode = [_JSON_KEYS.get(key) for key in keys]
             rows = []
             for uuid, changes in run:
-                values: list[Any] = [
-                    changes[key] if dump is None else dump(changes[key])
-                    for key, dump in zip(keys, encode, strict=True)
-                ]
+                values = [_encoded(key, changes[key]) for key in keys]
                 if explicit:
                     values[-1] += 1
                 rows.append((*values, now, uuid))
@@ -241,6 +235,25 @@ class InstanceChanges:
         session.flush()
         self.on_change(session, instance, "fault", fault)
         return fault
+
+
+def _encoded(key: str, value: Any) -> Any:
+    """``value`` of instance attribute ``key`` as cellplane.db.bulk takes it."""
+    return json.dumps(value) if key in _JSON_KEYS else value
+
+
+def insert_rows(session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
+    """INSERT instances given as attribute values, every row with the same attributes
+    and every column without a default among them: one bulk INSERT."""
+    if not rows:
+        return
+    keys = list(rows[0])
+    bulk.insert_many(
+        session,
+        _INSTANCES,
+        [_COLUMN_OF[key] for key in keys],
+        [tuple(_encoded(key, row[key]) for key in keys) for row in rows],
+    )
 
 
 def snapshots(session: Session, uuids: Sequence[str]) -> dict[str, InstanceRow]:

@@ -342,30 +342,10 @@ def advance(before: types_pb2.Instance, msg: types_pb2.Instance) -> dict[str, An
 
 
 def instance_fields(msg: types_pb2.Instance) -> dict[str, Any]:
-    """Column values of an instance row from its protobuf copy (not cell_path)."""
-    fields: dict[str, Any] = {
-        "name": msg.name,
-        "project_id": msg.project_id,
-        "user_id": msg.user_id,
-        "flavor_id": msg.flavor.id,
-        "flavor": flavor_snapshot(msg.flavor),
-        "image_id": msg.image_id,
-        "vm_state": vm_state_from_proto(msg.vm_state),
-        "task_state": task_state_from_proto(msg.task_state),
-        "power_state": int(msg.power_state),
-        "version": msg.version,
-        "host": msg.host or None,
-        "availability_zone": msg.availability_zone or None,
-        "metadata_": dict(msg.metadata),
-        "deleted": msg.deleted,
-        "addresses": [
-            {"pool": a.pool, "address": a.address, "version": a.version} for a in msg.addresses
-        ],
-    }
-    for name in ("created_at", "updated_at", "launched_at"):
-        if msg.HasField(name):
-            stamp = getattr(msg, name)
-            fields[name] = _EPOCH + timedelta(
-                seconds=stamp.seconds, microseconds=stamp.nanos // 1000
-            )
+    """Attribute values of an instance row (ORM names, JSON decoded) from its protobuf
+    copy (not cell_path): :func:`instance_columns`, for the ORM."""
+    fields = instance_columns(msg)
+    for column in ("flavor", "metadata", "addresses"):
+        fields[column] = json.loads(fields[column])
+    fields["metadata_"] = fields.pop("metadata")
     return fields
