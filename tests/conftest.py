@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,3 +87,22 @@ def uuid_hex() -> str:
     import uuid
 
     return uuid.uuid4().hex[:12]
+
+
+class PushLog:
+    """The ``on_change`` hook of a test cell's InstanceChanges: (uuid, kind, version) of
+    every push, in order, from any thread."""
+
+    def __init__(self) -> None:
+        self.pushes: list[tuple[str, str, int]] = []
+        self._lock = threading.Lock()
+
+    def record(self, session: object, instance: Any, kind: str, fault: object) -> None:
+        with self._lock:
+            self.pushes.append((instance.uuid, kind, instance.version))
+
+
+@pytest.fixture
+def push_log() -> PushLog:
+    """A fresh PushLog."""
+    return PushLog()

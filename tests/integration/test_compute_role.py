@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import sqlalchemy as sa
@@ -35,6 +34,9 @@ from cellplane.db import (
 from cellplane.db.instances import InstanceChanges, start_action
 from cellplane.errors import Code, InvalidArgument, WrongState
 from cellplane.network import NetworkRole, start_network_role
+
+if TYPE_CHECKING:
+    from conftest import PushLog
 
 SMALL = {"vcpus": 1, "memory_mb": 1024, "root_gb": 10, "ephemeral_gb": 0}
 LARGE = {"flavor_id": "m1.large", "vcpus": 4, "memory_mb": 4096, "root_gb": 40, "ephemeral_gb": 0}
@@ -120,7 +122,7 @@ class Cell:
             assert [v for u, _, v in self.pushes if u == uuid] == list(range(1, version + 1))
 
 
-def _start_cell(database_url: str, transport_url: str) -> Iterator[Cell]:
+def _start_cell(database_url: str, transport_url: str, push_log: PushLog) -> Iterator[Cell]:
     suffix = uuidlib.uuid4().hex[:8]
     hosts = [f"h0-{suffix}", f"h1-{suffix}"]
     config = CellConfig(
@@ -136,21 +138,14 @@ def _start_cell(database_url: str, transport_url: str) -> Iterator[Cell]:
     engine = create_engine(database_url)
     Base.metadata.create_all(engine)
     sessions = make_session_factory(engine)
-    lock = threading.Lock()
-    pushes: list[tuple[str, str, int]] = []
-
-    def record(session: Session, instance: Instance, kind: str, fault: object) -> None:
-        with lock:
-            pushes.append((instance.uuid, kind, instance.version))
-
-    changes = InstanceChanges(record)
+    changes = InstanceChanges(push_log.record)
     # A private exchange: other test runs may share the broker (and its `network` queue).
     exchange = f"test-{suffix}"
     network = start_network_role(config, sessions, transport_url, exchange=exchange)
     compute = start_compute_role(config, sessions, changes, transport_url, exchange=exchange)
     client = RpcClient(transport_url, exchange)
     try:
-        yield Cell(sessions, changes, hosts, client, compute, network, pushes)
+        yield Cell(sessions, changes, hosts, client, compute, network, push_log.pushes)
     finally:
         client.close()
         compute.stop()
@@ -171,8 +166,8 @@ def _start_cell(database_url: str, transport_url: str) -> Iterator[Cell]:
 
 
 @pytest.fixture
-def cell(transport_url: str, tmp_path: Path) -> Iterator[Cell]:
-    yield from _start_cell(f"sqlite:///{tmp_path / 'cell.db'}", transport_url)
+def cell(transport_url: str, tmp_path: Path, push_log: PushLog) -> Iterator[Cell]:
+    yield from _start_cell(f"sqlite:///{tmp_path / 'cell.db'}", transport_url, push_log)
 
 
 def test_hosts_register_and_builds_become_active_with_an_address(cell: Cell) -> None:
@@ -351,8 +346,8 @@ def test_failures_leave_faults_and_release_what_was_taken(cell: Cell) -> None:
     cell.check_pushes()
 
 
-def test_build_and_delete_on_postgresql(postgres_url: str) -> None:
-    for cell in _start_cell(postgres_url, "memory://"):
+def test_build_and_delete_on_postgresql(postgres_url: str, push_log: PushLog) -> None:
+    for cell in _start_cell(postgres_url, "memory://", push_log):
         host = cell.hosts[1]
         uuid = cell.build(host)
         instance = cell.wait(uuid, lambda i: i.vm_state != states.BUILDING)

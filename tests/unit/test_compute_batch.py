@@ -8,12 +8,11 @@ done and its results can be checked against the database.
 
 from __future__ import annotations
 
-import threading
 import uuid as uuidlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import sqlalchemy as sa
@@ -39,6 +38,9 @@ from cellplane.db import (
 from cellplane.db.instances import InstanceChanges, start_action
 from cellplane.errors import Code
 from cellplane.network import NetworkRole, start_network_role
+
+if TYPE_CHECKING:
+    from conftest import PushLog
 
 SMALL = {"vcpus": 1, "memory_mb": 1024, "root_gb": 10, "ephemeral_gb": 0}
 CIRROS = catalog.DEFAULT_IMAGES[0][0]
@@ -144,7 +146,7 @@ class Cell:
 
 
 @pytest.fixture
-def cell(tmp_path: Path) -> Iterator[Cell]:
+def cell(tmp_path: Path, push_log: PushLog) -> Iterator[Cell]:
     suffix = uuidlib.uuid4().hex[:8]
     hosts = [f"h0-{suffix}", f"h1-{suffix}"]
     config = CellConfig(
@@ -164,19 +166,12 @@ def cell(tmp_path: Path) -> Iterator[Cell]:
     Base.metadata.create_all(engine)
     sessions = make_session_factory(engine)
     catalog.seed(sessions, images=True)
-    lock = threading.Lock()
-    pushes: list[tuple[str, str, int]] = []
-
-    def record(session: Session, instance: Instance, kind: str, fault: object) -> None:
-        with lock:
-            pushes.append((instance.uuid, kind, instance.version))
-
-    changes = InstanceChanges(record)
+    changes = InstanceChanges(push_log.record)
     exchange = f"test-{suffix}"
     network = start_network_role(config, sessions, "memory://", exchange=exchange)
     compute = start_compute_role(config, sessions, changes, "memory://", exchange=exchange)
     try:
-        yield Cell(sessions, changes, hosts, compute, network, pushes)
+        yield Cell(sessions, changes, hosts, compute, network, push_log.pushes)
     finally:
         compute.stop()
         network.stop()
