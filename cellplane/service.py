@@ -39,7 +39,7 @@ from cellplane.federation.cursors import CursorStore
 from cellplane.federation.digests import Synchronizer
 from cellplane.federation.link import LinkEndpoint, LinkServicer, ParentDialer, server_options
 from cellplane.federation.neighbours import Neighbours
-from cellplane.federation.outbox import Outbox, OutboxSender, PushReceiver
+from cellplane.federation.outbox import ENVELOPE_BYTES, Outbox, OutboxSender, PushReceiver
 from cellplane.federation.reports import StateManager
 from cellplane.federation.router import Router
 from cellplane.federation.views import own_node
@@ -431,7 +431,12 @@ class Cell:
         is_api = "api" in cfg.roles
         self.outbox = Outbox(lambda: [c.peer for c in self.neighbours.parents()], change_log=is_api)
         self.changes = InstanceChanges(self.outbox.record)
-        self.outbox_sender = OutboxSender(self.name, self.neighbours, self.sessions)
+        self.outbox_sender = OutboxSender(
+            self.name,
+            self.neighbours,
+            self.sessions,
+            envelope_bytes=min(ENVELOPE_BYTES, cfg.max_message_bytes // 4),
+        )
         self.outbox_sender.watch(self.sessions)
         self.api_view = ApiView(self.sessions) if is_api else None
         self.pushes = PushReceiver(

@@ -23,6 +23,10 @@ from cellplane.v1 import link_pb2
 
 Envelope = link_pb2.Envelope
 
+# Envelopes whose payload is larger than SMALL_ENVELOPE bytes are counted against a
+# frame's byte budget (FRAME_BYTES unless the link says); smaller ones count as that.
+SMALL_ENVELOPE = 4096
+FRAME_BYTES = 1024 * 1024
 RECENT_IDS = 65536  # how many envelope ids each channel remembers for duplicate checks
 
 
@@ -63,6 +67,7 @@ class PeerChannel:
         self._next_seq = 1
         self._unacked: OrderedDict[int, Envelope] = OrderedDict()
         self._queue: deque[Envelope] = deque()
+        self._sizes: dict[int, int] = {}  # seq -> payload bytes of a large unacked envelope
         self._work = asyncio.Event()
         self.cursor = cursor  # persisted receive position
         self._handled = Cursor(cursor.epoch, cursor.last_seq)  # handled, maybe not yet persisted
@@ -80,13 +85,18 @@ class PeerChannel:
         self._queue.append(env)
         self._work.set()
 
-    def send_many(self, envs: Iterable[Envelope]) -> None:
-        """Queue several envelopes at once."""
+    def send_many(self, envs: Iterable[Envelope], sizes: Iterable[int] = ()) -> None:
+        """Queue several envelopes at once (``sizes``: the bytes of the large ones'
+        payloads, in order, so that a frame stays under its byte budget)."""
+        sized = iter(sizes)
         for env in envs:
-            env.seq = self._next_seq
+            seq = env.seq = self._next_seq
             self._next_seq += 1
-            self._unacked[env.seq] = env
+            self._unacked[seq] = env
             self._queue.append(env)
+            size = next(sized, 0)
+            if size > SMALL_ENVELOPE:
+                self._sizes[seq] = size
         self._work.set()
 
     @property
@@ -104,6 +114,8 @@ class PeerChannel:
             if seq > ack:
                 break
             done.append(self._unacked.pop(seq))
+            if self._sizes:
+                self._sizes.pop(seq, None)
         for listener in self.on_acked:
             listener(done)
 
@@ -115,16 +127,24 @@ class PeerChannel:
         self._ack_to_send = self.cursor.last_seq if self.cursor.epoch else None
         self._work.set()
 
-    async def next_frame(self, max_batch: int) -> tuple[list[Envelope], int | None]:
-        """Wait until there is something to send; return (envelopes, ack or None)."""
+    async def next_frame(
+        self, max_batch: int, max_bytes: int = FRAME_BYTES
+    ) -> tuple[list[Envelope], int | None]:
+        """Wait until there is something to send; return (envelopes, ack or None):
+        at most ``max_batch`` envelopes, and no more large ones than fit ``max_bytes``
+        (one always goes, whatever its size)."""
         while not self._queue and self._ack_to_send is None:
             self._work.clear()
             await self._work.wait()
         # Let producers that were woken with us add to this frame.
         await asyncio.sleep(0)
         batch: list[Envelope] = []
-        queue = self._queue
+        queue, sizes, used = self._queue, self._sizes, 0
         while queue and len(batch) < max_batch:
+            if sizes:
+                used += sizes.get(queue[0].seq, SMALL_ENVELOPE)
+                if batch and used > max_bytes:
+                    break
             batch.append(queue.popleft())
         ack, self._ack_to_send = self._ack_to_send, None
         return batch, ack

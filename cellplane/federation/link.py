@@ -114,7 +114,15 @@ class LinkEndpoint:
         )
         writer = CursorWriter(self.cursors, channel.peer, channel.persisted)
         try:
-            await run_session(channel, peer_hello.epoch, read, write, self.receive, writer)
+            await run_session(
+                channel,
+                peer_hello.epoch,
+                read,
+                write,
+                self.receive,
+                writer,
+                max_bytes=self.max_message_bytes // 2,
+            )
         finally:
             channel.disconnected()
             self.on_link_change(channel)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import zlib
+from array import array
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -29,6 +31,9 @@ from cellplane.v1 import link_pb2, types_pb2
 
 MAX_IN_FLIGHT = 20_000  # unacked pushes per parent before the sender waits
 BATCH_ROWS = 2_000
+# Updates one envelope carries at most (by count, and by the bytes of their payloads).
+UPDATES_PER_ENVELOPE = 500
+ENVELOPE_BYTES = 256 * 1024
 # Commits in this process wake the sender at once (see OutboxSender.watch); the
 # poll finds rows written by the cell's other processes.
 IDLE_POLL = 0.05
@@ -170,13 +175,22 @@ class Outbox:
 class OutboxSender:
     """Drains the outbox onto the parents' links and deletes what they acked."""
 
-    def __init__(self, name: str, neighbours: Neighbours, sessions: sessionmaker[Session]) -> None:
+    def __init__(
+        self,
+        name: str,
+        neighbours: Neighbours,
+        sessions: sessionmaker[Session],
+        *,
+        envelope_bytes: int = ENVELOPE_BYTES,
+    ) -> None:
         self.name = name
         self.neighbours = neighbours
         self.sessions = sessions
         self._queued_upto: dict[str, int] = {}  # parent -> highest outbox id put on its link
         self._in_flight: dict[str, set[int]] = {}  # parent -> outbox ids sent, not yet acked
         self._acked: list[int] = []
+        self._rows_of: dict[str, list[int]] = {}  # envelope id -> the outbox rows it carries
+        self.envelope_bytes = envelope_bytes
         self._listening: set[str] = set()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -249,11 +263,43 @@ class OutboxSender:
         rows = await asyncio.to_thread(self._load, channel.peer, after, min(room, BATCH_ROWS))
         if not rows:
             return 0
-        target = paths.join(self.name, channel.peer)
-        batch = []
-        for row_id, kind, payload in rows:
+        envs, sizes = self._envelopes(paths.join(self.name, channel.peer), rows)
+        channel.send_many(envs, sizes)
+        in_flight.update(row[0] for row in rows)
+        self._queued_upto[channel.peer] = rows[-1][0]
+        self.sent += len(rows)
+        return len(rows)
+
+    def _envelopes(
+        self, target: str, rows: list[tuple[int, str, bytes]]
+    ) -> tuple[list[link_pb2.Envelope], list[int]]:
+        """Envelopes carrying ``rows`` in order, and their payloads' sizes. A run of
+        updates shares one envelope (InstanceUpdates is their bytes joined)."""
+        envs: list[link_pb2.Envelope] = []
+        sizes: list[int] = []
+        start = 0
+        while start < len(rows):
+            end, size = start + 1, len(rows[start][2])
+            if rows[start][1] == "instance_update":
+                while (
+                    end < len(rows)
+                    and end - start < UPDATES_PER_ENVELOPE
+                    and rows[end][1] == "instance_update"
+                    and size + len(rows[end][2]) <= self.envelope_bytes
+                ):
+                    size += len(rows[end][2])
+                    end += 1
+            run = rows[start:end]
+            ids = [row[0] for row in run]
+            if len(run) == 1:
+                env_id = f"ob-{self.name}-{ids[0]}"
+            else:
+                # After a restart the same first row may lead a different run (rows
+                # that became visible late): the id names exactly the run's rows.
+                digest = zlib.crc32(array("q", ids).tobytes())
+                env_id = f"ob-{self.name}-{ids[0]}-{len(ids)}-{digest:08x}"
             env = link_pb2.Envelope(
-                id=f"ob-{self.name}-{row_id}",
+                id=env_id,
                 kind=envelopes.TARGETED,
                 direction=envelopes.UP,
                 routing_path=self.name,
@@ -261,22 +307,24 @@ class OutboxSender:
                 max_hops=2,
                 hop_count=1,
             )
-            getattr(env, kind).MergeFromString(payload)
-            batch.append(env)
-        channel.send_many(batch)
-        in_flight.update(row[0] for row in rows)
-        self._queued_upto[channel.peer] = rows[-1][0]
-        self.sent += len(batch)
-        return len(batch)
+            if len(run) == 1:
+                getattr(env, run[0][1]).MergeFromString(run[0][2])
+            else:
+                env.instance_updates.MergeFromString(b"".join([row[2] for row in run]))
+            self._rows_of[env_id] = ids
+            envs.append(env)
+            sizes.append(size)
+            start = end
+        return envs, sizes
 
     def _on_acked(self, done: list[link_pb2.Envelope]) -> None:
-        prefix = f"ob-{self.name}-"
         for env in done:
-            if env.id.startswith(prefix):
-                row_id = int(env.id[len(prefix) :])
-                self._acked.append(row_id)
-                for in_flight in self._in_flight.values():
-                    in_flight.discard(row_id)
+            ids = self._rows_of.pop(env.id, None)
+            if ids is None:
+                continue  # not the outbox's
+            self._acked.extend(ids)
+            for in_flight in self._in_flight.values():
+                in_flight.difference_update(ids)
         if self._acked:
             self._wake.set()
 
@@ -349,33 +397,38 @@ class PushReceiver:
         self._known: pushes.Known = {}
 
     def register(self, handlers: Any) -> None:
-        """Handle the three push payloads in line with the link."""
+        """Handle the push payloads in line with the link."""
         handlers.register_inline("instance_update", self.on_update)
+        handlers.register_inline("instance_updates", self.on_updates)
         handlers.register_inline("instance_destroyed", self.on_destroyed)
         handlers.register_inline("instance_fault", self.on_fault)
 
     def on_update(self, env: link_pb2.Envelope, delivery: Delivery) -> None:
         """A child's new copy of an instance."""
-        wrapper = env.instance_update
-        self._queue(delivery, (pushes.UPDATE, wrapper.instance, wrapper))
+        self._queue(delivery, [(pushes.UPDATE, env.instance_update.instance)])
+
+    def on_updates(self, env: link_pb2.Envelope, delivery: Delivery) -> None:
+        """Several new copies, oldest first."""
+        update = pushes.UPDATE
+        self._queue(delivery, [(update, msg) for msg in env.instance_updates.instances])
 
     def on_destroyed(self, env: link_pb2.Envelope, delivery: Delivery) -> None:
         """An instance is gone below."""
-        self._queue(delivery, (pushes.DESTROY, env.instance_destroyed, None))
+        self._queue(delivery, [(pushes.DESTROY, env.instance_destroyed)])
 
     def on_fault(self, env: link_pb2.Envelope, delivery: Delivery) -> None:
         """A fault below."""
-        self._queue(delivery, (pushes.FAULT, env.instance_fault, None))
+        self._queue(delivery, [(pushes.FAULT, env.instance_fault)])
 
-    def _queue(self, delivery: Delivery, push: pushes.Push) -> None:
+    def _queue(self, delivery: Delivery, found: list[pushes.Push]) -> None:
         # Pushes next to each other in a frame join one batch (in their order).
         work = delivery.db_work
         last = work[-1] if work else None
         if isinstance(last, _PushBatch) and last.receiver is self:
-            last.pushes.append(push)
+            last.pushes.extend(found)
             return
         batch = _PushBatch(self)
-        batch.pushes.append(push)
+        batch.pushes.extend(found)
         work.append(batch)
 
     def apply_many(self, session: Session, batch: list[pushes.Push]) -> None:
@@ -388,12 +441,12 @@ class PushReceiver:
 
     def apply_update(self, session: Session, msg: Any) -> None:
         """Upsert ``msg`` (a types_pb2.Instance) if it is newer than our copy."""
-        self.apply_many(session, [(pushes.UPDATE, msg, None)])
+        self.apply_many(session, [(pushes.UPDATE, msg)])
 
     def apply_destroyed(self, session: Session, msg: Any) -> None:
         """Mark the instance deleted if the push (an InstanceDestroyed) is newer."""
-        self.apply_many(session, [(pushes.DESTROY, msg, None)])
+        self.apply_many(session, [(pushes.DESTROY, msg)])
 
     def apply_fault(self, session: Session, msg: Any) -> None:
         """Keep the fault (an InstanceFaultReport) once and pass it on."""
-        self.apply_many(session, [(pushes.FAULT, msg, None)])
+        self.apply_many(session, [(pushes.FAULT, msg)])

@@ -41,10 +41,9 @@ _PAYLOAD_OF_KIND = {
     FAULT: "instance_fault",
 }
 
-# One push: its kind, its message (types_pb2.Instance for an update,
-# InstanceDestroyed or InstanceFaultReport) and, for an update that came in an
-# envelope, the InstanceUpdate holding it (re-serialized as it is passed on).
-Push = tuple[str, Any, Any]
+# One push: its kind and its message (types_pb2.Instance for an update,
+# InstanceDestroyed or InstanceFaultReport).
+Push = tuple[str, Any]
 # Told every instance an applied update left here, in order (the API view).
 AfterApply = Callable[[Session, list[types_pb2.Instance]], None]
 
@@ -77,7 +76,6 @@ class _Effect:
     uuid: str
     version: int
     msg: Any = None  # update: the Instance; fault: the Fault as stored
-    wrapper: Any = None
     cell_path: str = ""
     fixes: dict[str, Any] | None = None  # update: timestamps the push lacked
 
@@ -116,7 +114,7 @@ def apply_pushes(
     """
     now = utcnow()
     counts = Applied()
-    uuids = list(dict.fromkeys(_uuid(kind, msg) for kind, msg, _ in pushes))
+    uuids = list(dict.fromkeys(_uuid(kind, msg) for kind, msg in pushes))
     held: dict[str, _Held] = {}
     # The versions read here decide what is written: no other transaction may
     # change these rows in between (a push and the API's own copy of an answer).
@@ -133,12 +131,12 @@ def apply_pushes(
                 row, written = known.pop(uuid)
                 if row.version == version and _same_time(updated_at, written):
                     h.row, h.updated_at = row, written  # else written by another hand
-    faults_known = _faults_known(session, [m.instance_uuid for k, m, _ in pushes if k == FAULT])
+    faults_known = _faults_known(session, [m.instance_uuid for k, m in pushes if k == FAULT])
 
     effects: list[_Effect] = []
     fault_rows: list[dict[str, Any]] = []
     updated: list[types_pb2.Instance] = []
-    for kind, msg, wrapper in pushes:
+    for kind, msg in pushes:
         if kind == UPDATE:
             copy = held.get(msg.uuid)
             if copy is not None and copy.version >= msg.version:
@@ -168,7 +166,7 @@ def apply_pushes(
             copy.updated_at = fields.get("updated_at", copy.updated_at)
             counts.applied += 1
             updated.append(msg)
-            effects.append(_Effect(UPDATE, msg.uuid, msg.version, msg, wrapper, cell_path, fixes))
+            effects.append(_Effect(UPDATE, msg.uuid, msg.version, msg, cell_path, fixes))
         elif kind == DESTROY:
             copy = held.get(msg.instance_uuid)
             if copy is None or copy.version >= msg.version:
@@ -316,24 +314,32 @@ def _update_bytes(effect: _Effect, snapshot: bool) -> tuple[bytes, bytes | None]
     """The InstanceUpdate passed on, and the snapshot logged, of an applied update:
     the incoming message with this cell's path (and the timestamps it got here)."""
     msg = effect.msg
-    if effect.wrapper is not None and not effect.fixes:
-        # Re-serialize the envelope's own message with the path swapped for a moment.
+    if not effect.fixes:
+        # Serialize the incoming message with the path swapped for a moment.
         original = msg.cell_path
         msg.cell_path = effect.cell_path
         try:
-            return (
-                effect.wrapper.SerializeToString(),
-                msg.SerializeToString() if snapshot else None,
-            )
+            data = msg.SerializeToString()
         finally:
             msg.cell_path = original
-    copy = types_pb2.Instance()
-    copy.CopyFrom(msg)
-    copy.cell_path = effect.cell_path
-    for name, value in (effect.fixes or {}).items():
-        getattr(copy, name).FromDatetime(value)
-    payload = link_pb2.InstanceUpdate(instance=copy).SerializeToString()
-    return payload, copy.SerializeToString() if snapshot else None
+    else:
+        copy = types_pb2.Instance()
+        copy.CopyFrom(msg)
+        copy.cell_path = effect.cell_path
+        for name, value in effect.fixes.items():
+            getattr(copy, name).FromDatetime(value)
+        data = copy.SerializeToString()
+    return _as_update(data), data if snapshot else None
+
+
+def _as_update(instance: bytes) -> bytes:
+    """An InstanceUpdate's bytes around a serialized Instance (field 1, length-delimited)."""
+    size, prefix = len(instance), bytearray(b"\x0a")
+    while size > 0x7F:
+        prefix.append(0x80 | (size & 0x7F))
+        size >>= 7
+    prefix.append(size)
+    return bytes(prefix) + instance
 
 
 def _rows(session: Session, uuids: list[str]) -> dict[str, Instance]:

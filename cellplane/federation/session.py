@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from cellplane.federation.channel import PeerChannel
+from cellplane.federation.channel import FRAME_BYTES, PeerChannel
 from cellplane.federation.cursors import CursorWriter
 from cellplane.v1 import link_pb2
 
@@ -30,9 +30,10 @@ async def run_session(
     cursor_writer: CursorWriter,
     *,
     max_batch: int = MAX_BATCH,
+    max_bytes: int = FRAME_BYTES,
 ) -> None:
     """Move batches both ways until the stream ends; returns when it does."""
-    writer = asyncio.create_task(_write_loop(channel, write, max_batch))
+    writer = asyncio.create_task(_write_loop(channel, write, max_batch, max_bytes))
     persister = asyncio.create_task(cursor_writer.run())
     try:
         await _read_loop(channel, peer_epoch, read, receive, cursor_writer)
@@ -80,9 +81,11 @@ async def _read_loop(
             cursor_writer.add(cursor, work)
 
 
-async def _write_loop(channel: PeerChannel, write: WriteBatch, max_batch: int) -> None:
+async def _write_loop(
+    channel: PeerChannel, write: WriteBatch, max_batch: int, max_bytes: int
+) -> None:
     while True:
-        envs, ack = await channel.next_frame(max_batch)
+        envs, ack = await channel.next_frame(max_batch, max_bytes)
         await write(link_pb2.EnvelopeBatch(envelopes=envs, ack=ack or 0))
 
 

@@ -26,7 +26,7 @@ from cellplane.v1 import types_pb2 as cellplane_dot_v1_dot_types__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x65llplane/v1/link.proto\x12\x0c\x63\x65llplane.v1\x1a\x18\x63\x65llplane/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"m\n\x0e\x43onnectRequest\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.cellplane.v1.HelloH\x00\x12,\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x1b.cellplane.v1.EnvelopeBatchH\x00\x42\x07\n\x05\x66rame\"n\n\x0f\x43onnectResponse\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.cellplane.v1.HelloH\x00\x12,\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x1b.cellplane.v1.EnvelopeBatchH\x00\x42\x07\n\x05\x66rame\"w\n\x05Hello\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\r\n\x05\x65poch\x18\x03 \x01(\t\x12\x12\n\npeer_epoch\x18\x04 \x01(\t\x12\x15\n\rpeer_last_seq\x18\x05 \x01(\x04\x12\x0c\n\x04path\x18\x06 \x01(\t\"G\n\rEnvelopeBatch\x12)\n\tenvelopes\x18\x01 \x03(\x0b\x32\x16.cellplane.v1.Envelope\x12\x0b\n\x03\x61\x63k\x18\x02 \x01(\x04\"\xc5\x07\n\x08\x45nvelope\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12(\n\x04kind\x18\x03 \x01(\x0e\x32\x1a.cellplane.v1.EnvelopeKind\x12*\n\tdirection\x18\x04 \x01(\x0e\x32\x17.cellplane.v1.Direction\x12\x14\n\x0crouting_path\x18\x05 \x01(\t\x12\x13\n\x0btarget_path\x18\x06 \x01(\t\x12\x11\n\thop_count\x18\x07 \x01(\r\x12\x10\n\x08max_hops\x18\x08 \x01(\r\x12\x15\n\rneed_response\x18\t \x01(\x08\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\n \x01(\x03\x12\x10\n\x08trace_id\x18\x0b \x01(\t\x12\x13\n\x0brun_locally\x18\x0c \x01(\x08\x12\x13\n\x0bresponse_to\x18\r \x01(\t\x12\x33\n\rbuild_request\x18\x14 \x01(\x0b\x32\x1a.cellplane.v1.BuildRequestH\x00\x12>\n\x0finstance_action\x18\x15 \x01(\x0b\x32#.cellplane.v1.InstanceActionRequestH\x00\x12\x37\n\x0finstance_update\x18\x16 \x01(\x0b\x32\x1c.cellplane.v1.InstanceUpdateH\x00\x12=\n\x12instance_destroyed\x18\x17 \x01(\x0b\x32\x1f.cellplane.v1.InstanceDestroyedH\x00\x12;\n\x0einstance_fault\x18\x18 \x01(\x0b\x32!.cellplane.v1.InstanceFaultReportH\x00\x12;\n\x11\x63\x61pability_report\x18\x19 \x01(\x0b\x32\x1e.cellplane.v1.CapabilityReportH\x00\x12\x37\n\x0f\x63\x61pacity_report\x18\x1a \x01(\x0b\x32\x1c.cellplane.v1.CapacityReportH\x00\x12\x31\n\x0csync_request\x18\x1b \x01(\x0b\x32\x19.cellplane.v1.SyncRequestH\x00\x12/\n\x0bsync_digest\x18\x1c \x01(\x0b\x32\x18.cellplane.v1.SyncDigestH\x00\x12\x33\n\rservice_query\x18\x1d \x01(\x0b\x32\x1a.cellplane.v1.ServiceQueryH\x00\x12*\n\x08response\x18\x1e \x01(\x0b\x32\x16.cellplane.v1.ResponseH\x00\x12\"\n\x04\x65\x63ho\x18\x1f \x01(\x0b\x32\x12.cellplane.v1.EchoH\x00\x42\t\n\x07payload\"\xe3\x02\n\x0c\x42uildRequest\x12)\n\tinstances\x18\x01 \x03(\x0b\x32\x16.cellplane.v1.Instance\x12$\n\x06\x66lavor\x18\x02 \x01(\x0b\x32\x14.cellplane.v1.Flavor\x12\"\n\x05image\x18\x03 \x01(\x0b\x32\x13.cellplane.v1.Image\x12+\n\x05hints\x18\x04 \x01(\x0b\x32\x1c.cellplane.v1.SchedulerHints\x12\x13\n\x0btried_cells\x18\x05 \x03(\t\x12\x14\n\x0cretries_left\x18\x06 \x01(\r\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12?\n\x0brequest_ids\x18\x08 \x03(\x0b\x32*.cellplane.v1.BuildRequest.RequestIdsEntry\x1a\x31\n\x0fRequestIdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8d\x01\n\x0eSchedulerHints\x12\x13\n\x0btarget_cell\x18\x01 \x01(\t\x12\x16\n\x0e\x64ifferent_cell\x18\x02 \x03(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x14\n\x0cgroup_policy\x18\x04 \x01(\t\x12\x11\n\tsame_host\x18\x05 \x03(\t\x12\x16\n\x0e\x64ifferent_host\x18\x06 \x03(\t\"\xd4\x01\n\x15InstanceActionRequest\x12\x15\n\rinstance_uuid\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0c\n\x04hard\x18\x04 \x01(\x08\x12\x10\n\x08image_id\x18\x05 \x01(\t\x12$\n\x06\x66lavor\x18\x06 \x01(\x0b\x32\x14.cellplane.v1.Flavor\x12\x15\n\rsnapshot_name\x18\x07 \x01(\t\x12\x12\n\nproject_id\x18\x08 \x01(\t\x12\x0f\n\x07user_id\x18\t \x01(\t\":\n\x0eInstanceUpdate\x12(\n\x08instance\x18\x01 \x01(\x0b\x32\x16.cellplane.v1.Instance\"N\n\x11InstanceDestroyed\x12\x15\n\rinstance_uuid\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x11\n\tcell_path\x18\x03 \x01(\t\"a\n\x13InstanceFaultReport\x12\x15\n\rinstance_uuid\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\"\n\x05\x66\x61ult\x18\x03 \x01(\x0b\x32\x13.cellplane.v1.Fault\"\x86\x01\n\x10\x43\x61pabilityReport\x12\x11\n\tcell_path\x18\x01 \x01(\t\x12.\n\x0c\x63\x61pabilities\x18\x02 \x03(\x0b\x32\x18.cellplane.v1.Capability\x12/\n\x0breported_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"~\n\x0e\x43\x61pacityReport\x12\x11\n\tcell_path\x18\x01 \x01(\t\x12(\n\x08\x63\x61pacity\x18\x02 \x01(\x0b\x32\x16.cellplane.v1.Capacity\x12/\n\x0breported_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x0bSyncRequest\x12\x14\n\x0c\x62ucket_count\x18\x01 \x01(\r\x12\x0f\n\x07\x62uckets\x18\x02 \x03(\r\x12\x0c\n\x04\x66ull\x18\x03 \x01(\x08\"b\n\nSyncDigest\x12\x11\n\tcell_path\x18\x01 \x01(\t\x12\x14\n\x0c\x62ucket_count\x18\x02 \x01(\r\x12+\n\x07\x62uckets\x18\x03 \x03(\x0b\x32\x1a.cellplane.v1.BucketDigest\"=\n\x0c\x42ucketDigest\x12\x0e\n\x06\x62ucket\x18\x01 \x01(\r\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\x12\r\n\x05\x63ount\x18\x03 \x01(\r\"*\n\x0cServiceQuery\x12\x0c\n\x04what\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\"{\n\x0bServiceInfo\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x10\n\x08\x64isabled\x18\x03 \x01(\x08\x12\n\n\x02up\x18\x04 \x01(\x08\x12\x32\n\x0elast_heartbeat\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"5\n\x08Response\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.cellplane.v1.CellResult\"\x8a\x03\n\nCellResult\x12\x11\n\tcell_path\x18\x01 \x01(\t\x12$\n\x06status\x18\x02 \x01(\x0b\x32\x14.cellplane.v1.Status\x12\x10\n\x08\x61nswered\x18\x03 \x01(\x08\x12*\n\x08instance\x18\n \x01(\x0b\x32\x16.cellplane.v1.InstanceH\x00\x12-\n\x08services\x18\x0b \x01(\x0b\x32\x19.cellplane.v1.ServiceListH\x00\x12*\n\x06\x64igest\x18\x0c \x01(\x0b\x32\x18.cellplane.v1.SyncDigestH\x00\x12\"\n\x04\x65\x63ho\x18\r \x01(\x0b\x32\x12.cellplane.v1.EchoH\x00\x12,\n\x05\x62uild\x18\x0e \x01(\x0b\x32\x1b.cellplane.v1.BuildAcceptedH\x00\x12(\n\x04sync\x18\x0f \x01(\x0b\x32\x18.cellplane.v1.SyncResultH\x00\x12&\n\x04node\x18\x10 \x01(\x0b\x32\x16.cellplane.v1.CellNodeH\x00\x42\x06\n\x04\x62ody\":\n\x0bServiceList\x12+\n\x08services\x18\x01 \x03(\x0b\x32\x19.cellplane.v1.ServiceInfo\":\n\rBuildAccepted\x12\x16\n\x0einstance_uuids\x18\x01 \x03(\t\x12\x11\n\tcell_path\x18\x02 \x01(\t\"X\n\nSyncResult\x12\x18\n\x10\x62uckets_compared\x18\x01 \x01(\r\x12\x16\n\x0e\x62uckets_resent\x18\x02 \x01(\r\x12\x18\n\x10instances_resent\x18\x03 \x01(\x04\"&\n\x04\x45\x63ho\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08sequence\x18\x02 \x01(\x04*\x82\x01\n\x0c\x45nvelopeKind\x12\x1d\n\x19\x45NVELOPE_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45NVELOPE_KIND_TARGETED\x10\x01\x12\x1b\n\x17\x45NVELOPE_KIND_BROADCAST\x10\x02\x12\x1a\n\x16\x45NVELOPE_KIND_RESPONSE\x10\x03*L\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x44IRECTION_UP\x10\x01\x12\x12\n\x0e\x44IRECTION_DOWN\x10\x02\x32V\n\x08\x43\x65llLink\x12J\n\x07\x43onnect\x12\x1c.cellplane.v1.ConnectRequest\x1a\x1d.cellplane.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x65llplane/v1/link.proto\x12\x0c\x63\x65llplane.v1\x1a\x18\x63\x65llplane/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"m\n\x0e\x43onnectRequest\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.cellplane.v1.HelloH\x00\x12,\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x1b.cellplane.v1.EnvelopeBatchH\x00\x42\x07\n\x05\x66rame\"n\n\x0f\x43onnectResponse\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.cellplane.v1.HelloH\x00\x12,\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x1b.cellplane.v1.EnvelopeBatchH\x00\x42\x07\n\x05\x66rame\"w\n\x05Hello\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\r\n\x05\x65poch\x18\x03 \x01(\t\x12\x12\n\npeer_epoch\x18\x04 \x01(\t\x12\x15\n\rpeer_last_seq\x18\x05 \x01(\x04\x12\x0c\n\x04path\x18\x06 \x01(\t\"G\n\rEnvelopeBatch\x12)\n\tenvelopes\x18\x01 \x03(\x0b\x32\x16.cellplane.v1.Envelope\x12\x0b\n\x03\x61\x63k\x18\x02 \x01(\x04\"\x80\x08\n\x08\x45nvelope\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12(\n\x04kind\x18\x03 \x01(\x0e\x32\x1a.cellplane.v1.EnvelopeKind\x12*\n\tdirection\x18\x04 \x01(\x0e\x32\x17.cellplane.v1.Direction\x12\x14\n\x0crouting_path\x18\x05 \x01(\t\x12\x13\n\x0btarget_path\x18\x06 \x01(\t\x12\x11\n\thop_count\x18\x07 \x01(\r\x12\x10\n\x08max_hops\x18\x08 \x01(\r\x12\x15\n\rneed_response\x18\t \x01(\x08\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\n \x01(\x03\x12\x10\n\x08trace_id\x18\x0b \x01(\t\x12\x13\n\x0brun_locally\x18\x0c \x01(\x08\x12\x13\n\x0bresponse_to\x18\r \x01(\t\x12\x33\n\rbuild_request\x18\x14 \x01(\x0b\x32\x1a.cellplane.v1.BuildRequestH\x00\x12>\n\x0finstance_action\x18\x15 \x01(\x0b\x32#.cellplane.v1.InstanceActionRequestH\x00\x12\x37\n\x0finstance_update\x18\x16 \x01(\x0b\x32\x1c.cellplane.v1.InstanceUpdateH\x00\x12=\n\x12instance_destroyed\x18\x17 \x01(\x0b\x32\x1f.cellplane.v1.InstanceDestroyedH\x00\x12;\n\x0einstance_fault\x18\x18 \x01(\x0b\x32!.cellplane.v1.InstanceFaultReportH\x00\x12;\n\x11\x63\x61pability_report\x18\x19 \x01(\x0b\x32\x1e.cellplane.v1.CapabilityReportH\x00\x12\x37\n\x0f\x63\x61pacity_report\x18\x1a \x01(\x0b\x32\x1c.cellplane.v1.CapacityReportH\x00\x12\x31\n\x0csync_request\x18\x1b \x01(\x0b\x32\x19.cellplane.v1.SyncRequestH\x00\x12/\n\x0bsync_digest\x18\x1c \x01(\x0b\x32\x18.cellplane.v1.SyncDigestH\x00\x12\x33\n\rservice_query\x18\x1d \x01(\x0b\x32\x1a.cellplane.v1.ServiceQueryH\x00\x12*\n\x08response\x18\x1e \x01(\x0b\x32\x16.cellplane.v1.ResponseH\x00\x12\"\n\x04\x65\x63ho\x18\x1f \x01(\x0b\x32\x12.cellplane.v1.EchoH\x00\x12\x39\n\x10instance_updates\x18  \x01(\x0b\x32\x1d.cellplane.v1.InstanceUpdatesH\x00\x42\t\n\x07payload\"\xe3\x02\n\x0c\x42uildRequest\x12)\n\tinstances\x18\x01 \x03(\x0b\x32\x16.cellplane.v1.Instance\x12$\n\x06\x66lavor\x18\x02 \x01(\x0b\x32\x14.cellplane.v1.Flavor\x12\"\n\x05image\x18\x03 \x01(\x0b\x32\x13.cellplane.v1.Image\x12+\n\x05hints\x18\x04 \x01(\x0b\x32\x1c.cellplane.v1.SchedulerHints\x12\x13\n\x0btried_cells\x18\x05 \x03(\t\x12\x14\n\x0cretries_left\x18\x06 \x01(\r\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12?\n\x0brequest_ids\x18\x08 \x03(\x0b\x32*.cellplane.v1.BuildRequest.RequestIdsEntry\x1a\x31\n\x0fRequestIdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8d\x01\n\x0eSchedulerHints\x12\x13\n\x0btarget_cell\x18\x01 \x01(\t\x12\x16\n\x0e\x64ifferent_cell\x18\x02 \x03(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x14\n\x0cgroup_policy\x18\x04 \x01(\t\x12\x11\n\tsame_host\x18\x05 \x03(\t\x12\x16\n\x0e\x64ifferent_host\x18\x06 \x03(\t\"\xd4\x01\n\x15InstanceActionRequest\x12\x15\n\rinstance_uuid\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0c\n\x04hard\x18\x04 \x01(\x08\x12\x10\n\x08image_id\x18\x05 \x01(\t\x12$\n\x06\x66lavor\x18\x06 \x01(\x0b\x32\x14.cellplane.v1.Flavor\x12\x15\n\rsnapshot_name\x18\x07 \x01(\t\x12\x12\n\nproject_id\x18\x08 \x01(\t\x12\x0f\n\x07user_id\x18\t \x01(\t\":\n\x0eInstanceUpdate\x12(\n\x08instance\x18\x01 \x01(\x0b\x32\x16.cellplane.v1.Instance\"<\n\x0fInstanceUpdates\x12)\n\tinstances\x18\x01 \x03(\x0b\x32\x16.cellplane.v1.Instance\"N\n\x11InstanceDestroyed\x12\x15\n\rinstance_uuid\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x11\n\tcell_path\x18\x03 \x01(\t\"a\n\x13InstanceFaultReport\x12\x15\n\rinstance_uuid\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\"\n\x05\x66\x61ult\x18\x03 \x01(\x0b\x32\x13.cellplane.v1.Fault\"\x86\x01\n\x10\x43\x61pabilityReport\x12\x11\n\tcell_path\x18\x01 \x01(\t\x12.\n\x0c\x63\x61pabilities\x18\x02 \x03(\x0b\x32\x18.cellplane.v1.Capability\x12/\n\x0breported_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"~\n\x0e\x43\x61pacityReport\x12\x11\n\tcell_path\x18\x01 \x01(\t\x12(\n\x08\x63\x61pacity\x18\x02 \x01(\x0b\x32\x16.cellplane.v1.Capacity\x12/\n\x0breported_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x0bSyncRequest\x12\x14\n\x0c\x62ucket_count\x18\x01 \x01(\r\x12\x0f\n\x07\x62uckets\x18\x02 \x03(\r\x12\x0c\n\x04\x66ull\x18\x03 \x01(\x08\"b\n\nSyncDigest\x12\x11\n\tcell_path\x18\x01 \x01(\t\x12\x14\n\x0c\x62ucket_count\x18\x02 \x01(\r\x12+\n\x07\x62uckets\x18\x03 \x03(\x0b\x32\x1a.cellplane.v1.BucketDigest\"=\n\x0c\x42ucketDigest\x12\x0e\n\x06\x62ucket\x18\x01 \x01(\r\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\x12\r\n\x05\x63ount\x18\x03 \x01(\r\"*\n\x0cServiceQuery\x12\x0c\n\x04what\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\"{\n\x0bServiceInfo\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x10\n\x08\x64isabled\x18\x03 \x01(\x08\x12\n\n\x02up\x18\x04 \x01(\x08\x12\x32\n\x0elast_heartbeat\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"5\n\x08Response\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.cellplane.v1.CellResult\"\x8a\x03\n\nCellResult\x12\x11\n\tcell_path\x18\x01 \x01(\t\x12$\n\x06status\x18\x02 \x01(\x0b\x32\x14.cellplane.v1.Status\x12\x10\n\x08\x61nswered\x18\x03 \x01(\x08\x12*\n\x08instance\x18\n \x01(\x0b\x32\x16.cellplane.v1.InstanceH\x00\x12-\n\x08services\x18\x0b \x01(\x0b\x32\x19.cellplane.v1.ServiceListH\x00\x12*\n\x06\x64igest\x18\x0c \x01(\x0b\x32\x18.cellplane.v1.SyncDigestH\x00\x12\"\n\x04\x65\x63ho\x18\r \x01(\x0b\x32\x12.cellplane.v1.EchoH\x00\x12,\n\x05\x62uild\x18\x0e \x01(\x0b\x32\x1b.cellplane.v1.BuildAcceptedH\x00\x12(\n\x04sync\x18\x0f \x01(\x0b\x32\x18.cellplane.v1.SyncResultH\x00\x12&\n\x04node\x18\x10 \x01(\x0b\x32\x16.cellplane.v1.CellNodeH\x00\x42\x06\n\x04\x62ody\":\n\x0bServiceList\x12+\n\x08services\x18\x01 \x03(\x0b\x32\x19.cellplane.v1.ServiceInfo\":\n\rBuildAccepted\x12\x16\n\x0einstance_uuids\x18\x01 \x03(\t\x12\x11\n\tcell_path\x18\x02 \x01(\t\"X\n\nSyncResult\x12\x18\n\x10\x62uckets_compared\x18\x01 \x01(\r\x12\x16\n\x0e\x62uckets_resent\x18\x02 \x01(\r\x12\x18\n\x10instances_resent\x18\x03 \x01(\x04\"&\n\x04\x45\x63ho\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08sequence\x18\x02 \x01(\x04*\x82\x01\n\x0c\x45nvelopeKind\x12\x1d\n\x19\x45NVELOPE_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45NVELOPE_KIND_TARGETED\x10\x01\x12\x1b\n\x17\x45NVELOPE_KIND_BROADCAST\x10\x02\x12\x1a\n\x16\x45NVELOPE_KIND_RESPONSE\x10\x03*L\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x44IRECTION_UP\x10\x01\x12\x12\n\x0e\x44IRECTION_DOWN\x10\x02\x32V\n\x08\x43\x65llLink\x12J\n\x07\x43onnect\x12\x1c.cellplane.v1.ConnectRequest\x1a\x1d.cellplane.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_BUILDREQUEST_REQUESTIDSENTRY']._loaded_options = None
   _globals['_BUILDREQUEST_REQUESTIDSENTRY']._serialized_options = b'8\001'
-  _globals['_ENVELOPEKIND']._serialized_start=3809
-  _globals['_ENVELOPEKIND']._serialized_end=3939
-  _globals['_DIRECTION']._serialized_start=3941
-  _globals['_DIRECTION']._serialized_end=4017
+  _globals['_ENVELOPEKIND']._serialized_start=3930
+  _globals['_ENVELOPEKIND']._serialized_end=4060
+  _globals['_DIRECTION']._serialized_start=4062
+  _globals['_DIRECTION']._serialized_end=4138
   _globals['_CONNECTREQUEST']._serialized_start=100
   _globals['_CONNECTREQUEST']._serialized_end=209
   _globals['_CONNECTRESPONSE']._serialized_start=211
@@ -48,47 +48,49 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENVELOPEBATCH']._serialized_start=444
   _globals['_ENVELOPEBATCH']._serialized_end=515
   _globals['_ENVELOPE']._serialized_start=518
-  _globals['_ENVELOPE']._serialized_end=1483
-  _globals['_BUILDREQUEST']._serialized_start=1486
-  _globals['_BUILDREQUEST']._serialized_end=1841
-  _globals['_BUILDREQUEST_REQUESTIDSENTRY']._serialized_start=1792
-  _globals['_BUILDREQUEST_REQUESTIDSENTRY']._serialized_end=1841
-  _globals['_SCHEDULERHINTS']._serialized_start=1844
-  _globals['_SCHEDULERHINTS']._serialized_end=1985
-  _globals['_INSTANCEACTIONREQUEST']._serialized_start=1988
-  _globals['_INSTANCEACTIONREQUEST']._serialized_end=2200
-  _globals['_INSTANCEUPDATE']._serialized_start=2202
-  _globals['_INSTANCEUPDATE']._serialized_end=2260
-  _globals['_INSTANCEDESTROYED']._serialized_start=2262
-  _globals['_INSTANCEDESTROYED']._serialized_end=2340
-  _globals['_INSTANCEFAULTREPORT']._serialized_start=2342
-  _globals['_INSTANCEFAULTREPORT']._serialized_end=2439
-  _globals['_CAPABILITYREPORT']._serialized_start=2442
-  _globals['_CAPABILITYREPORT']._serialized_end=2576
-  _globals['_CAPACITYREPORT']._serialized_start=2578
-  _globals['_CAPACITYREPORT']._serialized_end=2704
-  _globals['_SYNCREQUEST']._serialized_start=2706
-  _globals['_SYNCREQUEST']._serialized_end=2772
-  _globals['_SYNCDIGEST']._serialized_start=2774
-  _globals['_SYNCDIGEST']._serialized_end=2872
-  _globals['_BUCKETDIGEST']._serialized_start=2874
-  _globals['_BUCKETDIGEST']._serialized_end=2935
-  _globals['_SERVICEQUERY']._serialized_start=2937
-  _globals['_SERVICEQUERY']._serialized_end=2979
-  _globals['_SERVICEINFO']._serialized_start=2981
-  _globals['_SERVICEINFO']._serialized_end=3104
-  _globals['_RESPONSE']._serialized_start=3106
-  _globals['_RESPONSE']._serialized_end=3159
-  _globals['_CELLRESULT']._serialized_start=3162
-  _globals['_CELLRESULT']._serialized_end=3556
-  _globals['_SERVICELIST']._serialized_start=3558
-  _globals['_SERVICELIST']._serialized_end=3616
-  _globals['_BUILDACCEPTED']._serialized_start=3618
-  _globals['_BUILDACCEPTED']._serialized_end=3676
-  _globals['_SYNCRESULT']._serialized_start=3678
-  _globals['_SYNCRESULT']._serialized_end=3766
-  _globals['_ECHO']._serialized_start=3768
-  _globals['_ECHO']._serialized_end=3806
-  _globals['_CELLLINK']._serialized_start=4019
-  _globals['_CELLLINK']._serialized_end=4105
+  _globals['_ENVELOPE']._serialized_end=1542
+  _globals['_BUILDREQUEST']._serialized_start=1545
+  _globals['_BUILDREQUEST']._serialized_end=1900
+  _globals['_BUILDREQUEST_REQUESTIDSENTRY']._serialized_start=1851
+  _globals['_BUILDREQUEST_REQUESTIDSENTRY']._serialized_end=1900
+  _globals['_SCHEDULERHINTS']._serialized_start=1903
+  _globals['_SCHEDULERHINTS']._serialized_end=2044
+  _globals['_INSTANCEACTIONREQUEST']._serialized_start=2047
+  _globals['_INSTANCEACTIONREQUEST']._serialized_end=2259
+  _globals['_INSTANCEUPDATE']._serialized_start=2261
+  _globals['_INSTANCEUPDATE']._serialized_end=2319
+  _globals['_INSTANCEUPDATES']._serialized_start=2321
+  _globals['_INSTANCEUPDATES']._serialized_end=2381
+  _globals['_INSTANCEDESTROYED']._serialized_start=2383
+  _globals['_INSTANCEDESTROYED']._serialized_end=2461
+  _globals['_INSTANCEFAULTREPORT']._serialized_start=2463
+  _globals['_INSTANCEFAULTREPORT']._serialized_end=2560
+  _globals['_CAPABILITYREPORT']._serialized_start=2563
+  _globals['_CAPABILITYREPORT']._serialized_end=2697
+  _globals['_CAPACITYREPORT']._serialized_start=2699
+  _globals['_CAPACITYREPORT']._serialized_end=2825
+  _globals['_SYNCREQUEST']._serialized_start=2827
+  _globals['_SYNCREQUEST']._serialized_end=2893
+  _globals['_SYNCDIGEST']._serialized_start=2895
+  _globals['_SYNCDIGEST']._serialized_end=2993
+  _globals['_BUCKETDIGEST']._serialized_start=2995
+  _globals['_BUCKETDIGEST']._serialized_end=3056
+  _globals['_SERVICEQUERY']._serialized_start=3058
+  _globals['_SERVICEQUERY']._serialized_end=3100
+  _globals['_SERVICEINFO']._serialized_start=3102
+  _globals['_SERVICEINFO']._serialized_end=3225
+  _globals['_RESPONSE']._serialized_start=3227
+  _globals['_RESPONSE']._serialized_end=3280
+  _globals['_CELLRESULT']._serialized_start=3283
+  _globals['_CELLRESULT']._serialized_end=3677
+  _globals['_SERVICELIST']._serialized_start=3679
+  _globals['_SERVICELIST']._serialized_end=3737
+  _globals['_BUILDACCEPTED']._serialized_start=3739
+  _globals['_BUILDACCEPTED']._serialized_end=3797
+  _globals['_SYNCRESULT']._serialized_start=3799
+  _globals['_SYNCRESULT']._serialized_end=3887
+  _globals['_ECHO']._serialized_start=3889
+  _globals['_ECHO']._serialized_end=3927
+  _globals['_CELLLINK']._serialized_start=4140
+  _globals['_CELLLINK']._serialized_end=4226
 # @@protoc_insertion_point(module_scope)

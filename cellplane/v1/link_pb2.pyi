@@ -72,7 +72,7 @@ class EnvelopeBatch(_message.Message):
     def __init__(self, envelopes: _Optional[_Iterable[_Union[Envelope, _Mapping]]] = ..., ack: _Optional[int] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("id", "seq", "kind", "direction", "routing_path", "target_path", "hop_count", "max_hops", "need_response", "deadline_ms", "trace_id", "run_locally", "response_to", "build_request", "instance_action", "instance_update", "instance_destroyed", "instance_fault", "capability_report", "capacity_report", "sync_request", "sync_digest", "service_query", "response", "echo")
+    __slots__ = ("id", "seq", "kind", "direction", "routing_path", "target_path", "hop_count", "max_hops", "need_response", "deadline_ms", "trace_id", "run_locally", "response_to", "build_request", "instance_action", "instance_update", "instance_destroyed", "instance_fault", "capability_report", "capacity_report", "sync_request", "sync_digest", "service_query", "response", "echo", "instance_updates")
     ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,7 @@ class Envelope(_message.Message):
     SERVICE_QUERY_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
     ECHO_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_UPDATES_FIELD_NUMBER: _ClassVar[int]
     id: str
     seq: int
     kind: EnvelopeKind
@@ -123,7 +124,8 @@ class Envelope(_message.Message):
     service_query: ServiceQuery
     response: Response
     echo: Echo
-    def __init__(self, id: _Optional[str] = ..., seq: _Optional[int] = ..., kind: _Optional[_Union[EnvelopeKind, str]] = ..., direction: _Optional[_Union[Direction, str]] = ..., routing_path: _Optional[str] = ..., target_path: _Optional[str] = ..., hop_count: _Optional[int] = ..., max_hops: _Optional[int] = ..., need_response: _Optional[bool] = ..., deadline_ms: _Optional[int] = ..., trace_id: _Optional[str] = ..., run_locally: _Optional[bool] = ..., response_to: _Optional[str] = ..., build_request: _Optional[_Union[BuildRequest, _Mapping]] = ..., instance_action: _Optional[_Union[InstanceActionRequest, _Mapping]] = ..., instance_update: _Optional[_Union[InstanceUpdate, _Mapping]] = ..., instance_destroyed: _Optional[_Union[InstanceDestroyed, _Mapping]] = ..., instance_fault: _Optional[_Union[InstanceFaultReport, _Mapping]] = ..., capability_report: _Optional[_Union[CapabilityReport, _Mapping]] = ..., capacity_report: _Optional[_Union[CapacityReport, _Mapping]] = ..., sync_request: _Optional[_Union[SyncRequest, _Mapping]] = ..., sync_digest: _Optional[_Union[SyncDigest, _Mapping]] = ..., service_query: _Optional[_Union[ServiceQuery, _Mapping]] = ..., response: _Optional[_Union[Response, _Mapping]] = ..., echo: _Optional[_Union[Echo, _Mapping]] = ...) -> None: ...
+    instance_updates: InstanceUpdates
+    def __init__(self, id: _Optional[str] = ..., seq: _Optional[int] = ..., kind: _Optional[_Union[EnvelopeKind, str]] = ..., direction: _Optional[_Union[Direction, str]] = ..., routing_path: _Optional[str] = ..., target_path: _Optional[str] = ..., hop_count: _Optional[int] = ..., max_hops: _Optional[int] = ..., need_response: _Optional[bool] = ..., deadline_ms: _Optional[int] = ..., trace_id: _Optional[str] = ..., run_locally: _Optional[bool] = ..., response_to: _Optional[str] = ..., build_request: _Optional[_Union[BuildRequest, _Mapping]] = ..., instance_action: _Optional[_Union[InstanceActionRequest, _Mapping]] = ..., instance_update: _Optional[_Union[InstanceUpdate, _Mapping]] = ..., instance_destroyed: _Optional[_Union[InstanceDestroyed, _Mapping]] = ..., instance_fault: _Optional[_Union[InstanceFaultReport, _Mapping]] = ..., capability_report: _Optional[_Union[CapabilityReport, _Mapping]] = ..., capacity_report: _Optional[_Union[CapacityReport, _Mapping]] = ..., sync_request: _Optional[_Union[SyncRequest, _Mapping]] = ..., sync_digest: _Optional[_Union[SyncDigest, _Mapping]] = ..., service_query: _Optional[_Union[ServiceQuery, _Mapping]] = ..., response: _Optional[_Union[Response, _Mapping]] = ..., echo: _Optional[_Union[Echo, _Mapping]] = ..., instance_updates: _Optional[_Union[InstanceUpdates, _Mapping]] = ...) -> None: ...
 
 class BuildRequest(_message.Message):
     __slots__ = ("instances", "flavor", "image", "hints", "tried_cells", "retries_left", "request_id", "request_ids")
@@ -195,6 +197,12 @@ class InstanceUpdate(_message.Message):
     INSTANCE_FIELD_NUMBER: _ClassVar[int]
     instance: _types_pb2.Instance
     def __init__(self, instance: _Optional[_Union[_types_pb2.Instance, _Mapping]] = ...) -> None: ...
+
+class InstanceUpdates(_message.Message):
+    __slots__ = ("instances",)
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    instances: _containers.RepeatedCompositeFieldContainer[_types_pb2.Instance]
+    def __init__(self, instances: _Optional[_Iterable[_Union[_types_pb2.Instance, _Mapping]]] = ...) -> None: ...
 
 class InstanceDestroyed(_message.Message):
     __slots__ = ("instance_uuid", "version", "cell_path")

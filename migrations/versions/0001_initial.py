@@ -265,7 +265,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("peer", name=op.f("pk_link_cursors")),
     )
 
-
     op.create_table(
         "create_requests",
         _id(),

@@ -88,11 +88,11 @@ def _frames(seed: int) -> list[list[pushes.Push]]:
             uuid = rng.choice(UUIDS)
             versions[uuid] += rng.choice([1, 1, 2])
             if rng.random() < 0.05:
-                frame.append((pushes.DESTROY, _destroyed(uuid, versions[uuid]), None))
+                frame.append((pushes.DESTROY, _destroyed(uuid, versions[uuid])))
             else:
-                frame.append((pushes.UPDATE, _message(rng, uuid, versions[uuid]), None))
+                frame.append((pushes.UPDATE, _message(rng, uuid, versions[uuid])))
             if rng.random() < 0.1:  # a duplicate of an older push
-                frame.append((pushes.UPDATE, _message(rng, uuid, max(1, versions[uuid] - 1)), None))
+                frame.append((pushes.UPDATE, _message(rng, uuid, max(1, versions[uuid] - 1))))
         frames.append(frame)
     return frames
 
@@ -136,7 +136,7 @@ def test_a_row_written_by_another_hand_is_written_in_full(tmp_path: Path) -> Non
     first = _message(rng, UUIDS[0], 1)
     first.vm_state = types_pb2.VM_STATE_ACTIVE
     with sessions.begin() as session:
-        receiver.apply_many(session, [(pushes.UPDATE, first, None)])
+        receiver.apply_many(session, [(pushes.UPDATE, first)])
     assert UUIDS[0] in receiver._known
     # Another writer changes the row but not its version (it moves updated_at).
     with sessions.begin() as session:
@@ -149,7 +149,7 @@ def test_a_row_written_by_another_hand_is_written_in_full(tmp_path: Path) -> Non
     second.CopyFrom(first)
     second.version = 2  # vm_state as in the first push: no change from what was known
     with sessions.begin() as session:
-        receiver.apply_many(session, [(pushes.UPDATE, second, None)])
+        receiver.apply_many(session, [(pushes.UPDATE, second)])
     with sessions() as session:
         row = session.scalar(select(Instance).where(Instance.uuid == UUIDS[0]))
         assert row is not None
