@@ -82,11 +82,12 @@ def update_many(
 
 def sqlite_timestamp(value: datetime) -> str:
     """A UTC-aware datetime as SQLAlchemy stores it in SQLite (naive UTC text)."""
-    if value.tzinfo is None:
+    zone = value.tzinfo
+    if zone is None:
         raise ValueError("naive datetime; cellplane stores UTC-aware timestamps only")
-    if value.tzinfo is not UTC:
+    if zone is not UTC:
         value = value.astimezone(UTC)
-    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+    return value.isoformat(" ", "microseconds")[:-6]  # without "+00:00"
 
 
 def _execute(session: Session, shape: _Shape, rows: list[Any]) -> None:
@@ -100,7 +101,8 @@ def _execute(session: Session, shape: _Shape, rows: list[Any]) -> None:
         _execute_values(connection, shape, rows)
         return
     if stamps and connection.dialect.name == "sqlite":
-        rows = [_sqlite_stamps(row, stamps) for row in rows]
+        seen: dict[datetime, str] = {}  # rows written together mostly share their times
+        rows = [_sqlite_stamps(row, stamps, seen) for row in rows]
     connection.exec_driver_sql(_sql(connection.dialect, shape), rows)
 
 
@@ -114,12 +116,15 @@ def _execute_values(connection: Connection, shape: _Shape, rows: list[Any]) -> N
         connection.exec_driver_sql(sql, tuple(v for row in chunk for v in row))
 
 
-def _sqlite_stamps(row: Any, where: list[int]) -> tuple[Any, ...]:
+def _sqlite_stamps(row: Any, where: list[int], seen: dict[datetime, str]) -> tuple[Any, ...]:
     values = list(row)
     for i in where:
         value = values[i]
         if value is not None:
-            values[i] = sqlite_timestamp(value)
+            text = seen.get(value)
+            if text is None:
+                text = seen[value] = sqlite_timestamp(value)
+            values[i] = text
     return tuple(values)
 
 

@@ -256,9 +256,22 @@ def _stamp(name: str) -> Callable[[types_pb2.Instance], datetime | None]:
         if not msg.HasField(name):
             return None  # not sent: left as it is
         stamp = getattr(msg, name)
-        return _EPOCH + timedelta(seconds=stamp.seconds, microseconds=stamp.nanos // 1000)
+        key = (stamp.seconds, stamp.nanos)
+        got = _STAMPS.get(key)
+        if got is None:
+            if len(_STAMPS) >= _STAMPS_MAX:
+                _STAMPS.clear()
+            got = _STAMPS[key] = _EPOCH + timedelta(
+                seconds=stamp.seconds, microseconds=stamp.nanos // 1000
+            )
+        return got
 
     return value
+
+
+# Timestamps seen lately: the rows of one transaction share their updated_at.
+_STAMPS: dict[tuple[int, int], datetime] = {}
+_STAMPS_MAX = 4096
 
 
 # (protobuf field, column, the column's value in a message) for every column a push

@@ -134,6 +134,7 @@ def apply_pushes(
     faults_known = _faults_known(session, [m.instance_uuid for k, m in pushes if k == FAULT])
 
     effects: list[_Effect] = []
+    paths_here: dict[str, str] = {}  # a push's cell_path -> the path from this cell
     fault_rows: list[dict[str, Any]] = []
     updated: list[types_pb2.Instance] = []
     for kind, msg in pushes:
@@ -142,7 +143,9 @@ def apply_pushes(
             if copy is not None and copy.version >= msg.version:
                 counts.stale += 1
                 continue
-            cell_path = paths.join(name, msg.cell_path)
+            cell_path = paths_here.get(msg.cell_path)
+            if cell_path is None:
+                cell_path = paths_here[msg.cell_path] = paths.join(name, msg.cell_path)
             if copy is not None and copy.row is not None:
                 moved = copy.row.cell_path != msg.cell_path
                 fields = codec.advance(copy.row, msg)
