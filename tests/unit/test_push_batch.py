@@ -95,6 +95,7 @@ def _frame() -> list[link_pb2.Envelope]:
 def _handle(receiver: PushReceiver, env: link_pb2.Envelope, work: list[Any]) -> None:
     handler = {
         "instance_update": receiver.on_update,
+        "instance_updates": receiver.on_updates,
         "instance_destroyed": receiver.on_destroyed,
         "instance_fault": receiver.on_fault,
     }[env.WhichOneof("payload") or ""]
@@ -267,3 +268,47 @@ def test_the_messages_handed_in_are_left_as_they_were(tmp_path: Path) -> None:
     assert pushed.cell_path == "api!mid!leaf"
     pushed.cell_path = "mid!leaf"
     assert pushed == env.instance_update.instance
+
+
+def _joined(frame: list[link_pb2.Envelope]) -> list[link_pb2.Envelope]:
+    """``frame`` as a sender sends it: each run of updates in one envelope, its
+    InstanceUpdate bytes joined."""
+    out: list[link_pb2.Envelope] = []
+    run: list[bytes] = []
+
+    def flush() -> None:
+        if run:
+            env = link_pb2.Envelope()
+            env.instance_updates.MergeFromString(b"".join(run))
+            out.append(env)
+            run.clear()
+
+    for env in frame:
+        if env.WhichOneof("payload") == "instance_update":
+            run.append(env.instance_update.SerializeToString())
+        else:
+            flush()
+            out.append(env)
+    flush()
+    return out
+
+
+def test_updates_joined_in_one_envelope_leave_what_single_envelopes_leave(
+    tmp_path: Path,
+) -> None:
+    joined, joined_db = _receiver(tmp_path, "joined")
+    single, single_db = _receiver(tmp_path, "single")
+    for receiver, sessions, frame in (
+        (joined, joined_db, _joined(_frame())),
+        (single, single_db, _frame()),
+    ):
+        _prepare(receiver, sessions)
+        work: list[Any] = []
+        for env in frame:
+            _handle(receiver, env, work)
+        assert len(work) == 1
+        with sessions.begin() as session:
+            work[0](session)
+    assert len(_joined(_frame())) == 7  # 13 envelopes: 7 updates in a row, and 1 at the end
+    assert _state(joined_db) == _state(single_db)
+    assert (joined.applied, joined.stale) == (single.applied, single.stale)
