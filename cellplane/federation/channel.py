@@ -27,8 +27,6 @@ Envelope = link_pb2.Envelope
 # frame's byte budget (FRAME_BYTES unless the link says); smaller ones count as that.
 SMALL_ENVELOPE = 4096
 FRAME_BYTES = 1024 * 1024
-# A frame that follows another within FRAME_LINGER seconds waits out the rest of it.
-FRAME_LINGER = 0.001
 RECENT_IDS = 65536  # how many envelope ids each channel remembers for duplicate checks
 
 
@@ -69,7 +67,6 @@ class PeerChannel:
         self._next_seq = 1
         self._unacked: OrderedDict[int, Envelope] = OrderedDict()
         self._queue: deque[Envelope] = deque()
-        self._last_frame = 0.0  # loop.time() of the last frame taken to send
         self._sizes: dict[int, int] = {}  # seq -> payload bytes of a large unacked envelope
         self._work = asyncio.Event()
         self.cursor = cursor  # persisted receive position
@@ -139,14 +136,8 @@ class PeerChannel:
         while not self._queue and self._ack_to_send is None:
             self._work.clear()
             await self._work.wait()
-        # Let producers that were woken with us add to this frame; on a busy link
-        # (a frame went out a moment ago), a little longer, so that frames fill.
+        # Let producers that were woken with us add to this frame.
         await asyncio.sleep(0)
-        loop = asyncio.get_running_loop()
-        wait = self._last_frame + FRAME_LINGER - loop.time()
-        if wait > 0 and len(self._queue) < max_batch:
-            await asyncio.sleep(wait)
-        self._last_frame = loop.time()
         batch: list[Envelope] = []
         queue, sizes, used = self._queue, self._sizes, 0
         while queue and len(batch) < max_batch:

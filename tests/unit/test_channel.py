@@ -4,7 +4,6 @@ and duplicate refusal on the receiving side."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from cellplane.federation.channel import Cursor, LinkState, PeerChannel, Relation
 from cellplane.v1 import link_pb2
@@ -189,17 +188,3 @@ def test_large_envelopes_keep_a_frame_under_its_byte_budget() -> None:
     ch.apply_ack(4)
     assert ch._sizes == {}  # sizes are forgotten with what was acked
 
-
-def test_a_frame_right_after_another_waits_for_what_comes_meanwhile(monkeypatch: Any) -> None:
-    monkeypatch.setattr("cellplane.federation.channel.FRAME_LINGER", 0.5)
-    ch = channel()
-
-    async def frames() -> tuple[list[int], list[int]]:
-        ch.send(envelope(1))
-        first, _ = await ch.next_frame(100)
-        ch.send(envelope(2))
-        asyncio.get_running_loop().call_later(0.05, ch.send, envelope(3))
-        second, _ = await asyncio.wait_for(ch.next_frame(100), 5)
-        return [e.seq for e in first], [e.seq for e in second]
-
-    assert asyncio.run(frames()) == ([1], [2, 3])
