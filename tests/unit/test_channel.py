@@ -187,4 +187,3 @@ def test_large_envelopes_keep_a_frame_under_its_byte_budget() -> None:
     assert asyncio.run(frames()) == [[1], [2, 3], [4]]
     ch.apply_ack(4)
     assert ch._sizes == {}  # sizes are forgotten with what was acked
-
