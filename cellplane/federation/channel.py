@@ -62,6 +62,7 @@ class PeerChannel:
         self.epoch = epoch
         self.state = LinkState.DOWN
         self.peer_path = ""  # the neighbour's path from the top, as it said in Hello
+        self.peer_features: frozenset[str] = frozenset()  # optional payloads it takes
         self.last_seen = 0.0  # time.time() of the last frame received
         self.on_acked: list[Callable[[list[Envelope]], None]] = []
         self._next_seq = 1
@@ -182,10 +183,11 @@ class PeerChannel:
             self._ack_to_send = cursor.last_seq
             self._work.set()
 
-    def connected(self, peer_path: str) -> None:
-        """A stream is open."""
+    def connected(self, peer_path: str, peer_features: Iterable[str] = ()) -> None:
+        """A stream is open (``peer_features``: what the neighbour's Hello said it takes)."""
         self.state = LinkState.UP
         self.peer_path = peer_path
+        self.peer_features = frozenset(peer_features)
         self.last_seen = time.time()
         self.connection_count += 1
 

@@ -27,6 +27,8 @@ from cellplane.federation.session import Receive, run_session
 from cellplane.v1 import link_pb2, link_pb2_grpc
 
 PROTOCOL_VERSION = 1
+# Optional payloads this cell takes, told in its Hello (see Hello.features).
+FEATURES = ("instance_updates",)
 _EOF = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
 HELLO_TIMEOUT = 10.0
 
@@ -96,6 +98,7 @@ class LinkEndpoint:
             peer_epoch=channel.cursor.epoch,
             peer_last_seq=channel.cursor.last_seq,
             path=self.path,
+            features=FEATURES,
         )
 
     async def run(
@@ -107,7 +110,7 @@ class LinkEndpoint:
     ) -> None:
         """Run an established link until its stream ends."""
         channel.resume(peer_hello.peer_epoch, peer_hello.peer_last_seq)
-        channel.connected(peer_hello.path)
+        channel.connected(peer_hello.path, peer_hello.features)
         self.on_link_change(channel)
         self.log.info(
             "link_up", peer=channel.peer, relation=channel.relation.value, unacked=channel.unacked

@@ -263,7 +263,8 @@ class OutboxSender:
         rows = await asyncio.to_thread(self._load, channel.peer, after, min(room, BATCH_ROWS))
         if not rows:
             return 0
-        envs, sizes = self._envelopes(paths.join(self.name, channel.peer), rows)
+        join = "instance_updates" in channel.peer_features  # else a parent of a release before
+        envs, sizes = self._envelopes(paths.join(self.name, channel.peer), rows, join=join)
         channel.send_many(envs, sizes)
         in_flight.update(row[0] for row in rows)
         self._queued_upto[channel.peer] = rows[-1][0]
@@ -271,16 +272,17 @@ class OutboxSender:
         return len(rows)
 
     def _envelopes(
-        self, target: str, rows: list[tuple[int, str, bytes]]
+        self, target: str, rows: list[tuple[int, str, bytes]], *, join: bool = True
     ) -> tuple[list[link_pb2.Envelope], list[int]]:
-        """Envelopes carrying ``rows`` in order, and their payloads' sizes. A run of
-        updates shares one envelope (InstanceUpdates is their bytes joined)."""
+        """Envelopes carrying ``rows`` in order, and their payloads' sizes. With
+        ``join``, a run of updates shares one envelope (InstanceUpdates is their bytes
+        joined)."""
         envs: list[link_pb2.Envelope] = []
         sizes: list[int] = []
         start = 0
         while start < len(rows):
             end, size = start + 1, len(rows[start][2])
-            if rows[start][1] == "instance_update":
+            if join and rows[start][1] == "instance_update":
                 while (
                     end < len(rows)
                     and end - start < UPDATES_PER_ENVELOPE

@@ -48,20 +48,22 @@ class ConnectResponse(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., batch: _Optional[_Union[EnvelopeBatch, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("cell", "protocol_version", "epoch", "peer_epoch", "peer_last_seq", "path")
+    __slots__ = ("cell", "protocol_version", "epoch", "peer_epoch", "peer_last_seq", "path", "features")
     CELL_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     PEER_EPOCH_FIELD_NUMBER: _ClassVar[int]
     PEER_LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     cell: str
     protocol_version: int
     epoch: str
     peer_epoch: str
     peer_last_seq: int
     path: str
-    def __init__(self, cell: _Optional[str] = ..., protocol_version: _Optional[int] = ..., epoch: _Optional[str] = ..., peer_epoch: _Optional[str] = ..., peer_last_seq: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
+    features: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, cell: _Optional[str] = ..., protocol_version: _Optional[int] = ..., epoch: _Optional[str] = ..., peer_epoch: _Optional[str] = ..., peer_last_seq: _Optional[int] = ..., path: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EnvelopeBatch(_message.Message):
     __slots__ = ("envelopes", "ack")

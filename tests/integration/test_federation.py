@@ -215,6 +215,9 @@ def test_targeted_call_down_to_a_leaf_and_up_from_a_leaf(tmp_path: Path) -> None
         assert cells["eu-a"].echoes == [(1, "api!eu!eu-a")]
         assert cells["api"].echoes == [(2, "eu-a!eu!api"), (3, "edge!us!api")]
         assert cells["eu"].echoes == []  # passing through is not handling
+        # Each end knows from the other's Hello that it takes joined updates.
+        for channel in [*cells["eu"].neighbours.parents(), *cells["eu"].neighbours.children()]:
+            assert channel.peer_features == {"instance_updates"}
 
     run(tmp_path, scenario)
 

@@ -20,6 +20,7 @@ class FakeParent:
 
     peer = "api"
     unacked = 0
+    peer_features = frozenset({"instance_updates"})
 
     def __init__(self) -> None:
         self.on_acked: list[Any] = []
@@ -141,3 +142,18 @@ def test_a_different_run_from_the_same_first_row_has_another_id(tmp_path: Path) 
         [("instance_update", n) for n in (1, 2, 3)]
     ]
     assert parent_again.sent[0].id != first
+
+
+def test_a_parent_that_does_not_take_joined_updates_gets_one_envelope_each(
+    tmp_path: Path,
+) -> None:
+    sender, parent, sessions = _sender(tmp_path)
+    parent.peer_features = frozenset()  # its Hello named no features: an older release
+    rows = [("instance_update", n) for n in (1, 2, 3)]
+    _add(sessions, rows)
+    asyncio.run(sender._step())
+    assert [env.WhichOneof("payload") for env in parent.sent] == ["instance_update"] * 3
+    assert [_carried(env) for env in parent.sent] == [[row] for row in rows]
+    parent.ack(parent.sent)
+    asyncio.run(sender._step())
+    assert sender.pending() == 0

@@ -21,6 +21,7 @@ class FakeParent:
 
     peer = "api"
     unacked = 0
+    peer_features = frozenset({"instance_updates"})
 
     def __init__(self) -> None:
         self.on_acked: list[Any] = []
