@@ -338,7 +338,10 @@ class ApiView:
         actions and snapshots of instances whose task ended (one query for each)."""
         ended: dict[str, tuple[str, str | None, int]] = {}
         for msg in instances:
-            if msg.uuid in ended or codec.task_state_from_proto(msg.task_state) is not None:
+            task = msg.task_state
+            if task and codec.task_state_from_proto(task) is not None:
+                continue
+            if msg.uuid in ended:
                 continue
             failed = codec.vm_state_from_proto(msg.vm_state) == states.ERROR
             result = "Error" if failed else "Success"

@@ -139,15 +139,17 @@ def apply_pushes(
     updated: list[types_pb2.Instance] = []
     for kind, msg in pushes:
         if kind == UPDATE:
-            copy = held.get(msg.uuid)
-            if copy is not None and copy.version >= msg.version:
+            uuid, version = msg.uuid, msg.version
+            copy = held.get(uuid)
+            if copy is not None and copy.version >= version:
                 counts.stale += 1
                 continue
-            cell_path = paths_here.get(msg.cell_path)
+            path = msg.cell_path
+            cell_path = paths_here.get(path)
             if cell_path is None:
-                cell_path = paths_here[msg.cell_path] = paths.join(name, msg.cell_path)
+                cell_path = paths_here[path] = paths.join(name, path)
             if copy is not None and copy.row is not None:
-                moved = copy.row.cell_path != msg.cell_path
+                moved = copy.row.cell_path != path
                 fields = codec.advance(copy.row, msg)
                 if moved:
                     fields["cell_path"] = cell_path
@@ -160,16 +162,16 @@ def apply_pushes(
             if copy is None:
                 if "created_at" not in fields:  # as the ORM's default would
                     fixes["created_at"] = fields["created_at"] = now
-                copy = held[msg.uuid] = _Held(None, msg.version, {"uuid": msg.uuid})
+                copy = held[uuid] = _Held(None, version, {"uuid": uuid})
             if copy.row is None and known is not None:
                 copy.row = types_pb2.Instance()
                 copy.row.CopyFrom(msg)
-            copy.version = msg.version
+            copy.version = version
             copy.values.update(fields)
             copy.updated_at = fields.get("updated_at", copy.updated_at)
             counts.applied += 1
             updated.append(msg)
-            effects.append(_Effect(UPDATE, msg.uuid, msg.version, msg, cell_path, fixes))
+            effects.append(_Effect(UPDATE, uuid, version, msg, cell_path, fixes))
         elif kind == DESTROY:
             copy = held.get(msg.instance_uuid)
             if copy is None or copy.version >= msg.version:
