@@ -403,6 +403,7 @@ class Cell:
         await self._stop_dialer(name)
         await self.link_servicer.close(name)
         self.neighbours.remove(name)
+        self.outbox_sender.forget(name)
         self.neighbours.disabled.discard(name)
         self.state.children.pop(name, None)
         self.state.changed()

@@ -121,9 +121,13 @@ def _sqlite_stamps(row: Any, where: list[int], seen: dict[datetime, str]) -> tup
     for i in where:
         value = values[i]
         if value is not None:
-            text = seen.get(value)
+            # Only UTC times are remembered: times of another zone that differ in
+            # ``fold`` alone compare equal, yet are different instants.
+            text = seen.get(value) if value.tzinfo is UTC else None
             if text is None:
-                text = seen[value] = sqlite_timestamp(value)
+                text = sqlite_timestamp(value)
+                if value.tzinfo is UTC:
+                    seen[value] = text
             values[i] = text
     return tuple(values)
 

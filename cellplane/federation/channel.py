@@ -16,17 +16,19 @@ import asyncio
 import enum
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 
 from cellplane.v1 import link_pb2
 
 Envelope = link_pb2.Envelope
 
-# Envelopes whose payload is larger than SMALL_ENVELOPE bytes are counted against a
-# frame's byte budget (FRAME_BYTES unless the link says); smaller ones count as that.
-SMALL_ENVELOPE = 4096
+# A frame holds envelopes up to a byte budget (FRAME_BYTES unless the link says): each
+# counts its payload's bytes and ENVELOPE_OVERHEAD for its header (ids, paths, seq).
 FRAME_BYTES = 1024 * 1024
+ENVELOPE_OVERHEAD = 256
+# Payloads a neighbour takes only if its Hello names them (see Hello.features).
+OPTIONAL_PAYLOADS = frozenset({"instance_updates"})
 RECENT_IDS = 65536  # how many envelope ids each channel remembers for duplicate checks
 
 
@@ -65,10 +67,11 @@ class PeerChannel:
         self.peer_features: frozenset[str] = frozenset()  # optional payloads it takes
         self.last_seen = 0.0  # time.time() of the last frame received
         self.on_acked: list[Callable[[list[Envelope]], None]] = []
+        self.on_dropped: list[Callable[[list[Envelope]], None]] = []
         self._next_seq = 1
         self._unacked: OrderedDict[int, Envelope] = OrderedDict()
         self._queue: deque[Envelope] = deque()
-        self._sizes: dict[int, int] = {}  # seq -> payload bytes of a large unacked envelope
+        self._sizes: dict[int, int] = {}  # seq -> bytes of an unacked envelope
         self._work = asyncio.Event()
         self.cursor = cursor  # persisted receive position
         self._handled = Cursor(cursor.epoch, cursor.last_seq)  # handled, maybe not yet persisted
@@ -78,27 +81,41 @@ class PeerChannel:
 
     # --- sending -------------------------------------------------------------------
 
-    def send(self, env: Envelope) -> None:
-        """Queue ``env`` for the neighbour; it is kept until acked."""
-        env.seq = self._next_seq
-        self._next_seq += 1
-        self._unacked[env.seq] = env
-        self._queue.append(env)
-        self._work.set()
+    def send(self, env: Envelope, size: int | None = None) -> None:
+        """Queue ``env`` for the neighbour; it is kept until acked (``size``: its
+        payload's bytes, if the caller knows them)."""
+        self.send_many([env], [env.ByteSize() if size is None else size])
 
-    def send_many(self, envs: Iterable[Envelope], sizes: Iterable[int] = ()) -> None:
-        """Queue several envelopes at once (``sizes``: the bytes of the large ones'
-        payloads, in order, so that a frame stays under its byte budget)."""
-        sized = iter(sizes)
-        for env in envs:
+    def send_many(self, envs: Iterable[Envelope], sizes: Iterable[int] | None = None) -> None:
+        """Queue several envelopes at once (``sizes``: their payloads' bytes, in order,
+        if the caller knows them), so that a frame stays under its byte budget."""
+        envs = list(envs)
+        measured = [env.ByteSize() for env in envs] if sizes is None else list(sizes)
+        if len(measured) != len(envs):
+            raise ValueError(f"{len(envs)} envelopes with {len(measured)} sizes")
+        for env, size in zip(envs, measured, strict=True):
             seq = env.seq = self._next_seq
             self._next_seq += 1
             self._unacked[seq] = env
             self._queue.append(env)
-            size = next(sized, 0)
-            if size > SMALL_ENVELOPE:
-                self._sizes[seq] = size
+            self._sizes[seq] = size + ENVELOPE_OVERHEAD
         self._work.set()
+
+    def drop_unacked(self, payloads: Container[str]) -> list[Envelope]:
+        """Take back every unacked envelope whose payload is one of ``payloads`` (the
+        neighbour said it does not take them) and tell the on_dropped listeners, whose
+        job it is to send what they carried again in another form."""
+        dropped = [env for env in self._unacked.values() if env.WhichOneof("payload") in payloads]
+        if not dropped:
+            return []
+        for env in dropped:
+            del self._unacked[env.seq]
+            self._sizes.pop(env.seq, None)
+        gone = {env.seq for env in dropped}
+        self._queue = deque(env for env in self._queue if env.seq not in gone)
+        for listener in self.on_dropped:
+            listener(dropped)
+        return dropped
 
     @property
     def unacked(self) -> int:
@@ -115,8 +132,7 @@ class PeerChannel:
             if seq > ack:
                 break
             done.append(self._unacked.pop(seq))
-            if self._sizes:
-                self._sizes.pop(seq, None)
+            self._sizes.pop(seq, None)
         for listener in self.on_acked:
             listener(done)
 
@@ -142,10 +158,9 @@ class PeerChannel:
         batch: list[Envelope] = []
         queue, sizes, used = self._queue, self._sizes, 0
         while queue and len(batch) < max_batch:
-            if sizes:
-                used += sizes.get(queue[0].seq, SMALL_ENVELOPE)
-                if batch and used > max_bytes:
-                    break
+            used += sizes.get(queue[0].seq, ENVELOPE_OVERHEAD)
+            if batch and used > max_bytes:
+                break
             batch.append(queue.popleft())
         ack, self._ack_to_send = self._ack_to_send, None
         return batch, ack
@@ -184,10 +199,12 @@ class PeerChannel:
             self._work.set()
 
     def connected(self, peer_path: str, peer_features: Iterable[str] = ()) -> None:
-        """A stream is open (``peer_features``: what the neighbour's Hello said it takes)."""
+        """A stream is open (``peer_features``: the optional payloads the neighbour's
+        Hello says it takes; unacked envelopes with others are taken back)."""
         self.state = LinkState.UP
         self.peer_path = peer_path
         self.peer_features = frozenset(peer_features)
+        self.drop_unacked(OPTIONAL_PAYLOADS - self.peer_features)
         self.last_seen = time.time()
         self.connection_count += 1
 

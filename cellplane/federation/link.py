@@ -20,7 +20,7 @@ import structlog
 from cellplane.config import CELL_NAME, ParentConfig, TlsConfig
 from cellplane.errors import CellplaneError, Code, PermissionDenied
 from cellplane.federation import paths, security
-from cellplane.federation.channel import LinkState, PeerChannel, Relation
+from cellplane.federation.channel import OPTIONAL_PAYLOADS, LinkState, PeerChannel, Relation
 from cellplane.federation.cursors import CursorStore, CursorWriter
 from cellplane.federation.neighbours import Neighbours
 from cellplane.federation.session import Receive, run_session
@@ -28,7 +28,7 @@ from cellplane.v1 import link_pb2, link_pb2_grpc
 
 PROTOCOL_VERSION = 1
 # Optional payloads this cell takes, told in its Hello (see Hello.features).
-FEATURES = ("instance_updates",)
+FEATURES = tuple(sorted(OPTIONAL_PAYLOADS))
 _EOF = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
 HELLO_TIMEOUT = 10.0
 

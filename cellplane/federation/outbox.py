@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 import zlib
 from array import array
 from collections.abc import Callable, Sequence
@@ -189,9 +190,10 @@ class OutboxSender:
         self._queued_upto: dict[str, int] = {}  # parent -> highest outbox id put on its link
         self._in_flight: dict[str, set[int]] = {}  # parent -> outbox ids sent, not yet acked
         self._acked: list[int] = []
-        self._rows_of: dict[str, list[int]] = {}  # envelope id -> the outbox rows it carries
+        # envelope id -> (parent, the outbox rows it carries)
+        self._rows_of: dict[str, tuple[str, list[int]]] = {}
         self.envelope_bytes = envelope_bytes
-        self._listening: set[str] = set()
+        self._listening: weakref.WeakSet[PeerChannel] = weakref.WeakSet()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.sent = 0
@@ -247,36 +249,50 @@ class OutboxSender:
         return moved
 
     async def _fill(self, channel: PeerChannel) -> int:
-        if channel.peer not in self._listening:
+        if channel not in self._listening:
             channel.on_acked.append(self._on_acked)
-            self._listening.add(channel.peer)
-        room = MAX_IN_FLIGHT - channel.unacked
+            channel.on_dropped.append(self._on_dropped)
+            self._listening.add(channel)
+        peer = channel.peer
+        in_flight = self._in_flight.setdefault(peer, set())
+        room = MAX_IN_FLIGHT - len(in_flight)
         if room <= 0:
             return 0
-        in_flight = self._in_flight.setdefault(channel.peer, set())
         if not in_flight and not self._acked:
             # Every row still here is unsent. On a server database ids are handed out
             # at insert but become visible at commit, so a row may appear below what
             # was queued already: with nothing in flight, look from the start again.
-            self._queued_upto[channel.peer] = 0
-        after = self._queued_upto.get(channel.peer, 0)
-        rows = await asyncio.to_thread(self._load, channel.peer, after, min(room, BATCH_ROWS))
-        if not rows:
+            self._queued_upto[peer] = 0
+        after = self._queued_upto.get(peer, 0)
+        loaded = await asyncio.to_thread(self._load, peer, after, min(room, BATCH_ROWS))
+        if not loaded:
             return 0
-        join = "instance_updates" in channel.peer_features  # else a parent of a release before
-        envs, sizes = self._envelopes(paths.join(self.name, channel.peer), rows, join=join)
-        channel.send_many(envs, sizes)
-        in_flight.update(row[0] for row in rows)
-        self._queued_upto[channel.peer] = rows[-1][0]
-        self.sent += len(rows)
-        return len(rows)
+        self._queued_upto[peer] = loaded[-1][0]
+        # Rows taken back from the link (see _on_dropped) are read again from below
+        # what is still in flight: that part stays out.
+        rows = [row for row in loaded if row[0] not in in_flight]
+        if rows:
+            join = "instance_updates" in channel.peer_features  # else an older parent
+            envs, sizes = self._envelopes(peer, rows, join=join)
+            channel.send_many(envs, sizes)
+            in_flight.update(row[0] for row in rows)
+            self.sent += len(rows)
+        return len(loaded)
+
+    def forget(self, peer: str) -> None:
+        """Drop what is known of parent ``peer``'s link (it is no longer a neighbour)."""
+        self._in_flight.pop(peer, None)
+        self._queued_upto.pop(peer, None)
+        for env_id in [k for k, (p, _) in self._rows_of.items() if p == peer]:
+            del self._rows_of[env_id]
 
     def _envelopes(
-        self, target: str, rows: list[tuple[int, str, bytes]], *, join: bool = True
+        self, peer: str, rows: list[tuple[int, str, bytes]], *, join: bool = True
     ) -> tuple[list[link_pb2.Envelope], list[int]]:
-        """Envelopes carrying ``rows`` in order, and their payloads' sizes. With
-        ``join``, a run of updates shares one envelope (InstanceUpdates is their bytes
-        joined)."""
+        """Envelopes carrying ``rows`` to ``peer`` in order, and their payloads' sizes.
+        With ``join``, a run of updates shares one envelope (InstanceUpdates is their
+        bytes joined)."""
+        target = paths.join(self.name, peer)
         envs: list[link_pb2.Envelope] = []
         sizes: list[int] = []
         start = 0
@@ -299,7 +315,7 @@ class OutboxSender:
                 # After a restart the same first row may lead a different run (rows
                 # that became visible late): the id names exactly the run's rows.
                 digest = zlib.crc32(array("q", ids).tobytes())
-                env_id = f"ob-{self.name}-{ids[0]}-{len(ids)}-{digest:08x}"
+                env_id = f"ob-{self.name}-{ids[0]}-{ids[-1]}-{len(ids)}-{digest:08x}"
             env = link_pb2.Envelope(
                 id=env_id,
                 kind=envelopes.TARGETED,
@@ -313,7 +329,7 @@ class OutboxSender:
                 getattr(env, run[0][1]).MergeFromString(run[0][2])
             else:
                 env.instance_updates.MergeFromString(b"".join([row[2] for row in run]))
-            self._rows_of[env_id] = ids
+            self._rows_of[env_id] = (peer, ids)
             envs.append(env)
             sizes.append(size)
             start = end
@@ -321,14 +337,26 @@ class OutboxSender:
 
     def _on_acked(self, done: list[link_pb2.Envelope]) -> None:
         for env in done:
-            ids = self._rows_of.pop(env.id, None)
-            if ids is None:
+            entry = self._rows_of.pop(env.id, None)
+            if entry is None:
                 continue  # not the outbox's
+            peer, ids = entry
             self._acked.extend(ids)
-            for in_flight in self._in_flight.values():
-                in_flight.difference_update(ids)
+            self._in_flight.get(peer, set()).difference_update(ids)
         if self._acked:
             self._wake.set()
+
+    def _on_dropped(self, dropped: list[link_pb2.Envelope]) -> None:
+        """The link took envelopes back unsent (the parent does not take their form):
+        their rows are read again and sent anew."""
+        for env in dropped:
+            entry = self._rows_of.pop(env.id, None)
+            if entry is None:
+                continue
+            peer, ids = entry
+            self._in_flight.get(peer, set()).difference_update(ids)
+            self._queued_upto[peer] = min(self._queued_upto.get(peer, 0), min(ids) - 1)
+        self._wake.set()
 
     def _load(self, peer: str, after: int, limit: int) -> list[tuple[int, str, bytes]]:
         with self.sessions() as session:

@@ -187,3 +187,33 @@ def test_large_envelopes_keep_a_frame_under_its_byte_budget() -> None:
     assert asyncio.run(frames()) == [[1], [2, 3], [4]]
     ch.apply_ack(4)
     assert ch._sizes == {}  # sizes are forgotten with what was acked
+
+
+def test_many_small_envelopes_keep_to_the_byte_budget_too() -> None:
+    ch = channel()
+    ch.send_many(Envelope(id=f"e{n}", echo=link_pb2.Echo(data=b"x" * 4000)) for n in range(512))
+
+    async def frame() -> list[Envelope]:
+        envs, _ = await asyncio.wait_for(ch.next_frame(512, max_bytes=512 * 1024), 5)
+        return envs
+
+    taken = asyncio.run(frame())
+    assert 100 < len(taken) < 512
+    assert sum(env.ByteSize() for env in taken) <= 512 * 1024
+
+
+def test_unacked_envelopes_of_a_payload_the_peer_does_not_take_are_dropped() -> None:
+    ch = channel()
+    dropped: list[Envelope] = []
+    ch.on_dropped.append(dropped.extend)
+    joined = Envelope(id="joined")
+    joined.instance_updates.instances.add(uuid="u1")
+    ch.send_many([envelope(1), joined, envelope(3)])
+    ch.connected("api!eu", ["instance_updates"])
+    assert dropped == [] and ch.unacked == 3
+    ch.resume("peer-epoch", 0)
+    ch.connected("api!eu", [])  # an older release: no features
+    assert [env.id for env in dropped] == ["joined"]
+    assert next_frame(ch) == ([1, 3], None)
+    ch.apply_ack(3)
+    assert ch.unacked == 0

@@ -11,6 +11,7 @@ from typing import Any
 from cellplane import db
 from cellplane.db.models import OutboxEntry
 from cellplane.federation import outbox
+from cellplane.federation.channel import Cursor, PeerChannel, Relation
 from cellplane.federation.outbox import OutboxSender
 from cellplane.v1 import link_pb2, types_pb2
 
@@ -24,6 +25,7 @@ class FakeParent:
 
     def __init__(self) -> None:
         self.on_acked: list[Any] = []
+        self.on_dropped: list[Any] = []
         self.sent: list[link_pb2.Envelope] = []
         self.sizes: list[int] = []
 
@@ -57,8 +59,9 @@ def _uuid(n: int) -> str:
     return f"00000000-0000-4000-8000-{n:012d}"
 
 
-def _add(sessions: Any, rows: list[tuple[str, int]]) -> None:
-    """Outbox rows for the parent: (kind, n) each, n naming the instance and version."""
+def _add(sessions: Any, rows: list[tuple[str, int]], *, ids: bool = False) -> None:
+    """Outbox rows for the parent: (kind, n) each, n naming the instance and version
+    (and, with ``ids``, the row's id)."""
     with sessions.begin() as session:
         for kind, n in rows:
             if kind == "instance_update":
@@ -69,6 +72,7 @@ def _add(sessions: Any, rows: list[tuple[str, int]]) -> None:
                 message = link_pb2.InstanceDestroyed(instance_uuid=_uuid(n), version=n)
             session.add(
                 OutboxEntry(
+                    id=n if ids else None,
                     peer="api",
                     kind=kind,
                     instance_uuid=_uuid(n),
@@ -108,6 +112,7 @@ def test_a_run_of_updates_travels_in_one_envelope_in_order(tmp_path: Path) -> No
     parent.ack(parent.sent[2:])
     asyncio.run(sender._step())
     assert sender.pending() == 0
+    assert sender._rows_of == {} and sender._in_flight == {"api": set()}
 
 
 def test_runs_are_cut_by_count_and_by_bytes(tmp_path: Path, monkeypatch: Any) -> None:
@@ -128,20 +133,35 @@ def test_runs_are_cut_by_count_and_by_bytes(tmp_path: Path, monkeypatch: Any) ->
     assert [len(_carried(env)) for env in parent.sent] == [3, 3, 2]
 
 
-def test_a_different_run_from_the_same_first_row_has_another_id(tmp_path: Path) -> None:
+def test_a_different_run_from_the_same_first_row_has_another_id(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(outbox, "UPDATES_PER_ENVELOPE", 2)
     sender, parent, sessions = _sender(tmp_path)
-    _add(sessions, [("instance_update", n) for n in (1, 2)])
+    _add(sessions, [("instance_update", 1), ("instance_update", 3)], ids=True)
     asyncio.run(sender._step())
-    first = parent.sent[0].id
-    # A restarted sender (nothing acked) finds a third row: the run it sends from the
-    # same first row must not pass for the one already handled.
-    _add(sessions, [("instance_update", 3)])
+    first = parent.sent[0]
+    assert _carried(first) == [("instance_update", 1), ("instance_update", 3)]
+    # Row 2 took its id before row 3 but committed after it (as on a server database);
+    # a restarted sender (nothing acked) now sends rows 1 and 2 together: same first
+    # row, same count, other rows. The receiver must not take it for the first run.
+    _add(sessions, [("instance_update", 2)], ids=True)
     again, parent_again, _ = _sender(tmp_path)
     asyncio.run(again._step())
     assert [_carried(env) for env in parent_again.sent] == [
-        [("instance_update", n) for n in (1, 2, 3)]
+        [("instance_update", 1), ("instance_update", 2)],
+        [("instance_update", 3)],
     ]
-    assert parent_again.sent[0].id != first
+    assert parent_again.sent[0].id != first.id
+
+
+def test_a_forgotten_parent_leaves_nothing_behind(tmp_path: Path) -> None:
+    sender, _, sessions = _sender(tmp_path)
+    _add(sessions, [("instance_update", n) for n in (1, 2, 3)])
+    asyncio.run(sender._step())
+    assert sender._rows_of and sender._in_flight["api"]
+    sender.forget("api")
+    assert sender._rows_of == {} and "api" not in sender._in_flight
 
 
 def test_a_parent_that_does_not_take_joined_updates_gets_one_envelope_each(
@@ -155,5 +175,40 @@ def test_a_parent_that_does_not_take_joined_updates_gets_one_envelope_each(
     assert [env.WhichOneof("payload") for env in parent.sent] == ["instance_update"] * 3
     assert [_carried(env) for env in parent.sent] == [[row] for row in rows]
     parent.ack(parent.sent)
+    asyncio.run(sender._step())
+    assert sender.pending() == 0
+
+
+def test_joined_updates_taken_back_by_the_link_go_again_one_by_one(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'leaf.db'}"
+    db.upgrade(url)
+    sessions = db.make_session_factory(db.create_engine(url))
+    channel = PeerChannel("api", Relation.PARENT, "leaf-epoch", Cursor())
+    sender = OutboxSender("leaf", FakeNeighbours(channel), sessions)  # type: ignore[arg-type]
+    channel.connected("api", ["instance_updates"])
+    _add(sessions, [("instance_update", n) for n in (1, 2, 3)])
+    _add(sessions, [("instance_destroyed", 4)])
+
+    async def frame() -> list[link_pb2.Envelope]:
+        envs, _ = await asyncio.wait_for(channel.next_frame(100), 5)
+        return envs
+
+    asyncio.run(sender._step())
+    assert [len(_carried(env)) for env in asyncio.run(frame())] == [3, 1]
+    # The link drops and comes back to a parent of an older release: its Hello names
+    # no features. The joined envelope is taken back; the destroy stays as it was.
+    channel.disconnected()
+    channel.resume("api-epoch", 0)
+    channel.connected("api", [])
+    asyncio.run(sender._step())
+    sent = asyncio.run(frame())
+    assert [env.WhichOneof("payload") for env in sent] == [
+        "instance_destroyed",
+        "instance_update",
+        "instance_update",
+        "instance_update",
+    ]
+    assert [v for env in sent for _, v in _carried(env)] == [4, 1, 2, 3]
+    channel.apply_ack(max(env.seq for env in sent))
     asyncio.run(sender._step())
     assert sender.pending() == 0

@@ -25,6 +25,7 @@ class FakeParent:
 
     def __init__(self) -> None:
         self.on_acked: list[Any] = []
+        self.on_dropped: list[Any] = []
         self.sent: list[link_pb2.Envelope] = []
 
     def send_many(self, batch: list[link_pb2.Envelope], sizes: Any = ()) -> None:
