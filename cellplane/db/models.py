@@ -8,7 +8,7 @@ which keeps no offset of its own.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
@@ -32,6 +32,9 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_PARSED_TEXTS = 4096  # SQLite timestamp texts each column's reader keeps parsed
+
+
 class UTCDateTime(sa.TypeDecorator[datetime]):
     """A timestamp that refuses naive values and always reads back in UTC."""
 
@@ -53,6 +56,29 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+        slow = super().result_processor(dialect, coltype)
+        # SQLite keeps the text; rows read together mostly share it (a transaction's
+        # updated_at), so each text is parsed once while it recurs.
+        seen: dict[str, datetime] = {}
+
+        def process(value: Any) -> datetime | None:
+            if not isinstance(value, str):
+                return cast(datetime | None, slow(value) if slow is not None else value)
+            got = seen.get(value)
+            if got is None:
+                parsed = datetime.fromisoformat(value)
+                got = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+                got = got.astimezone(UTC)
+                if len(seen) >= _PARSED_TEXTS:
+                    seen.clear()
+                seen[value] = got
+            return got
+
+        return process
 
 
 class Base(DeclarativeBase):

@@ -360,16 +360,26 @@ class OutboxSender:
 
     def _load(self, peer: str, after: int, limit: int) -> list[tuple[int, str, bytes]]:
         with self.sessions() as session:
-            rows = (
-                session.connection()
-                .execute(_UNSENT, {"peer": peer, "after": after, "limit": limit})
-                .all()
-            )
-        return [(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
+            connection = session.connection()
+            if connection.dialect.name != "sqlite":
+                rows = connection.execute(
+                    _UNSENT, {"peer": peer, "after": after, "limit": limit}
+                ).all()
+                return [(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
+            # Straight from the driver: its rows are already (int, str, bytes) tuples.
+            cursor = connection.connection.cursor()
+            try:
+                cursor.execute(_UNSENT_SQLITE, (peer, after, limit))
+                return cast(list[tuple[int, str, bytes]], cursor.fetchall())
+            finally:
+                cursor.close()
 
     def _delete(self, ids: list[int]) -> None:
         with self.sessions.begin() as session:
             connection = session.connection()
+            if connection.dialect.name == "sqlite":
+                connection.exec_driver_sql(_DELETE_SENT_SQLITE, [(i,) for i in ids])
+                return
             for start in range(0, len(ids), 500):
                 connection.execute(_DELETE_SENT, {"ids": ids[start : start + 500]})
 
@@ -381,7 +391,11 @@ _UNSENT = (
     .order_by(_OUTBOX.c.id)
     .limit(bindparam("limit"))
 )
+_UNSENT_SQLITE = (
+    "SELECT id, kind, payload FROM outbox WHERE peer = ? AND id > ? ORDER BY id LIMIT ?"
+)
 _DELETE_SENT = delete(_OUTBOX).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
+_DELETE_SENT_SQLITE = "DELETE FROM outbox WHERE id = ?"
 
 
 class _PushBatch:

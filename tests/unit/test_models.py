@@ -127,3 +127,31 @@ def test_timestamps_come_back_utc_aware(sessions: sessionmaker[Session]) -> None
     assert entry.created_at.tzinfo is UTC
     assert entry.payload == b"\x00\x01"
     assert entry.id == 1
+
+
+def test_timestamps_read_back_as_written_whatever_their_zone(engine: sa.Engine) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    written = [
+        datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC),
+        datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),  # no microseconds
+        datetime(999, 1, 1, tzinfo=UTC),
+        datetime(2026, 6, 1, 12, 0, tzinfo=timezone(timedelta(hours=2))),
+        datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC),  # the same text again
+    ]
+    table = OutboxEntry.__table__
+    with engine.begin() as conn:
+        conn.execute(
+            table.insert(),
+            [{"peer": "p", "kind": "k", "payload": b"", "created_at": at} for at in written],
+        )
+        # Written by another hand, with an offset in the text.
+        conn.exec_driver_sql(
+            "INSERT INTO outbox (peer, kind, payload, created_at)"
+            " VALUES ('p', 'k', x'', '2026-01-02T03:04:05+01:00')"
+        )
+    with engine.connect() as conn:
+        read = list(conn.scalars(sa.select(table.c.created_at).order_by(table.c.id)))
+    assert read[:5] == written
+    assert all(at.tzinfo is UTC for at in read)
+    assert read[5] == datetime(2026, 1, 2, 2, 4, 5, tzinfo=UTC)
