@@ -334,14 +334,19 @@ def advance(before: types_pb2.Instance, msg: types_pb2.Instance) -> dict[str, An
             setattr(before, field, value)
             changed.append(field)
     for field in _HOT_STAMPS:
-        if getattr(before, field) != getattr(msg, field) or (
-            before.HasField(field) != msg.HasField(field)
-        ):
-            if msg.HasField(field):
+        has = msg.HasField(field)
+        if has != before.HasField(field):
+            if has:
                 getattr(before, field).CopyFrom(getattr(msg, field))
             else:
                 before.ClearField(field)
             changed.append(field)
+        elif has:
+            now, was = getattr(msg, field), getattr(before, field)
+            seconds, nanos = now.seconds, now.nanos
+            if seconds != was.seconds or nanos != was.nanos:
+                was.seconds, was.nanos = seconds, nanos
+                changed.append(field)
     columns: dict[str, Any] = {}
     if before != msg:  # more than the usual fields changed
         columns = instance_columns(msg, before)
