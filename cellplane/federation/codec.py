@@ -165,17 +165,39 @@ def instance_to_proto(row: Any, *, cell_path: str | None = None) -> types_pb2.In
         availability_zone=get("availability_zone") or "",
         deleted=get("deleted"),
     )
+    # Stored JSON text and timestamps recur: their encodings are merged in one go.
+    parts: list[bytes] = []
     for column in _JSON_COLUMNS:
         value = get(column)
         if isinstance(value, str):
-            out.MergeFromString(_json_part(column, value))
+            parts.append(_json_part(column, value))
         elif value or column == "flavor":
             _set_json(out, column, value or {})
     for name in ("created_at", "updated_at", "launched_at"):
         value = get(name)
         if value is not None:
-            set_timestamp(getattr(out, name), value)
+            part = _STAMP_PARTS.get((name, value))
+            if part is None:
+                part = _stamp_part(name, value)
+            parts.append(part)
+    if parts:
+        out.MergeFromString(b"".join(parts))
     return out
+
+
+_STAMP_PARTS: dict[tuple[str, datetime], bytes] = {}  # (field, time) -> serialized part
+
+
+def _stamp_part(name: str, value: datetime) -> bytes:
+    """An Instance holding only timestamp ``name`` = ``value``, serialized (and kept)."""
+    out = types_pb2.Instance()
+    set_timestamp(getattr(out, name), value)
+    part = out.SerializeToString()
+    if value.tzinfo is UTC:  # times of other zones equal by instant may differ in fold
+        if len(_STAMP_PARTS) >= _CACHE_LIMIT:
+            _STAMP_PARTS.clear()
+        _STAMP_PARTS[(name, value)] = part
+    return part
 
 
 # An instance's JSON columns (by ORM attribute) and their protobuf fields. Their

@@ -28,9 +28,9 @@ from cellplane.federation import codec, envelopes, paths, pushes
 from cellplane.federation.channel import PeerChannel
 from cellplane.federation.dispatch import Delivery
 from cellplane.federation.neighbours import Neighbours
-from cellplane.v1 import link_pb2, types_pb2
+from cellplane.v1 import link_pb2
 
-MAX_IN_FLIGHT = 20_000  # unacked pushes per parent before the sender waits
+MAX_IN_FLIGHT = 20_000  # outbox rows sent to a parent and not yet acked, at most
 BATCH_ROWS = 2_000
 # Updates one envelope carries at most (by count, and by the bytes of their payloads).
 UPDATES_PER_ENVELOPE = 500
@@ -72,18 +72,12 @@ _OUTBOX = cast(Table, OutboxEntry.__table__)
 _CHANGES = cast(Table, InstanceChange.__table__)
 
 
-def change_row(instance: Any, kind: str, proto: types_pb2.Instance | None = None) -> tuple:
+def change_row(instance: Any, kind: str, snapshot: bytes | None = None) -> tuple:
     """The API cell's change log row (in CHANGE_COLUMNS order) for ``kind`` of
-    ``instance`` as it is now (``proto``: the instance already encoded, if it is)."""
-    snapshot = proto if proto is not None else codec.instance_to_proto(instance)
-    return (
-        instance.uuid,
-        instance.project_id,
-        kind,
-        instance.version,
-        snapshot.SerializeToString(),
-        utcnow(),
-    )
+    ``instance`` as it is now (``snapshot``: the instance already serialized, if it is)."""
+    if snapshot is None:
+        snapshot = codec.instance_to_proto(instance).SerializeToString()
+    return (instance.uuid, instance.project_id, kind, instance.version, snapshot, utcnow())
 
 
 def log_changes(session: Session, rows: list[tuple]) -> None:
@@ -139,10 +133,11 @@ class Outbox:
         out: list[tuple] = []
         for instance in instances:
             proto = codec.instance_to_proto(instance)
+            data = proto.SerializeToString()
             if self.change_log:
-                log.append(change_row(instance, "update", proto))
+                log.append(change_row(instance, "update", data))
             if peers:
-                payload = link_pb2.InstanceUpdate(instance=proto).SerializeToString()
+                payload = pushes.as_update(data)  # the InstanceUpdate around it, as bytes
                 uuid, version = instance.uuid, instance.version
                 out.extend((peer, "instance_update", uuid, version, payload, now) for peer in peers)
         if log:

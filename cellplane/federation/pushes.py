@@ -334,10 +334,10 @@ def _update_bytes(effect: _Effect, snapshot: bool) -> tuple[bytes, bytes | None]
         for name, value in effect.fixes.items():
             getattr(copy, name).FromDatetime(value)
         data = copy.SerializeToString()
-    return _as_update(data), data if snapshot else None
+    return as_update(data), data if snapshot else None
 
 
-def _as_update(instance: bytes) -> bytes:
+def as_update(instance: bytes) -> bytes:
     """An InstanceUpdate's bytes around a serialized Instance (field 1, length-delimited)."""
     size, prefix = len(instance), bytearray(b"\x0a")
     while size > 0x7F:
@@ -356,4 +356,4 @@ def _rows(session: Session, uuids: list[str]) -> dict[str, Instance]:
     return rows
 
 
-__all__ = ["AfterApply", "Applied", "Known", "Push", "apply_pushes"]
+__all__ = ["AfterApply", "Applied", "Known", "Push", "apply_pushes", "as_update"]
