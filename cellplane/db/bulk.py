@@ -83,11 +83,22 @@ def update_many(
 def sqlite_timestamp(value: datetime) -> str:
     """A UTC-aware datetime as SQLAlchemy stores it in SQLite (naive UTC text)."""
     zone = value.tzinfo
+    if zone is UTC:
+        text = _TEXTS.get(value)
+        if text is None:
+            if len(_TEXTS) >= _TEXTS_KEPT:
+                _TEXTS.clear()
+            text = _TEXTS[value] = value.isoformat(" ", "microseconds")[:-6]
+        return text
     if zone is None:
         raise ValueError("naive datetime; cellplane stores UTC-aware timestamps only")
-    if zone is not UTC:
-        value = value.astimezone(UTC)
-    return value.isoformat(" ", "microseconds")[:-6]  # without "+00:00"
+    return value.astimezone(UTC).isoformat(" ", "microseconds")[:-6]  # without "+00:00"
+
+
+# UTC times written lately, as SQLite text: the rows of a transaction share their
+# updated_at, and a parent checks every pushed row's against what it wrote.
+_TEXTS: dict[datetime, str] = {}
+_TEXTS_KEPT = 4096
 
 
 def _execute(session: Session, shape: _Shape, rows: list[Any]) -> None:
@@ -101,8 +112,7 @@ def _execute(session: Session, shape: _Shape, rows: list[Any]) -> None:
         _execute_values(connection, shape, rows)
         return
     if stamps and connection.dialect.name == "sqlite":
-        seen: dict[datetime, str] = {}  # rows written together mostly share their times
-        rows = [_sqlite_stamps(row, stamps, seen) for row in rows]
+        rows = [_sqlite_stamps(row, stamps) for row in rows]
     connection.exec_driver_sql(_sql(connection.dialect, shape), rows)
 
 
@@ -116,19 +126,12 @@ def _execute_values(connection: Connection, shape: _Shape, rows: list[Any]) -> N
         connection.exec_driver_sql(sql, tuple(v for row in chunk for v in row))
 
 
-def _sqlite_stamps(row: Any, where: list[int], seen: dict[datetime, str]) -> tuple[Any, ...]:
+def _sqlite_stamps(row: Any, where: list[int]) -> tuple[Any, ...]:
     values = list(row)
     for i in where:
         value = values[i]
         if value is not None:
-            # Only UTC times are remembered: times of another zone that differ in
-            # ``fold`` alone compare equal, yet are different instants.
-            text = seen.get(value) if value.tzinfo is UTC else None
-            if text is None:
-                text = sqlite_timestamp(value)
-                if value.tzinfo is UTC:
-                    seen[value] = text
-            values[i] = text
+            values[i] = sqlite_timestamp(value)
     return tuple(values)
 
 

@@ -11,12 +11,12 @@ the newest state the frame left it in.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import String, Table, select, type_coerce
+from sqlalchemy import Connection, String, Table, bindparam, select, type_coerce
 from sqlalchemy.orm import Session
 
 from cellplane.db import bulk
@@ -119,13 +119,10 @@ def apply_pushes(
     # The versions read here decide what is written: no other transaction may
     # change these rows in between (a push and the API's own copy of an answer).
     lock_for_write(session)
+    session.flush()  # ORM changes of this transaction first: the read below is Core
+    connection = session.connection()
     for chunk in _chunks(uuids):
-        query = (
-            select(Instance.uuid, Instance.id, Instance.version, _RAW_UPDATED_AT)
-            .where(Instance.uuid.in_(chunk))
-            .with_for_update()
-        )
-        for uuid, row_id, version, updated_at in session.execute(query):
+        for uuid, row_id, version, updated_at in _held_rows(connection, chunk):
             h = held[uuid] = _Held(row_id, version)
             if known is not None and uuid in known:
                 row, written = known.pop(uuid)
@@ -228,6 +225,30 @@ def apply_pushes(
 
 # updated_at as the driver gives it: SQLite's text is compared without parsing it.
 _RAW_UPDATED_AT = type_coerce(Instance.updated_at, String)
+# What a frame's pushes need of the rows held here (locked on a server database).
+_HELD = (
+    select(Instance.uuid, Instance.id, Instance.version, _RAW_UPDATED_AT)
+    .where(Instance.uuid.in_(bindparam("uuids", expanding=True)))
+    .with_for_update()
+)
+_HELD_SQLITE: dict[int, str] = {}  # uuids -> the same for SQLite, in the driver's own SQL
+
+
+def _held_rows(connection: Connection, uuids: Sequence[str]) -> Iterable[Sequence[Any]]:
+    if connection.dialect.name != "sqlite":
+        return connection.execute(_HELD, {"uuids": list(uuids)}).all()
+    sql = _HELD_SQLITE.get(len(uuids))
+    if sql is None:
+        marks = ", ".join("?" * len(uuids))
+        sql = _HELD_SQLITE[len(uuids)] = (
+            f"SELECT uuid, id, version, updated_at FROM instances WHERE uuid IN ({marks})"
+        )
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(sql, tuple(uuids))
+        return cast(list[Sequence[Any]], cursor.fetchall())
+    finally:
+        cursor.close()
 
 
 def _same_time(stored: Any, written: datetime | None) -> bool:
