@@ -4,7 +4,9 @@ A :class:`Batcher` runs the first calls of a key at once, each alone, up to
 ``max_running`` at a time; calls that arrive meanwhile wait and then run as
 one batch (up to ``max_items``). Alone there is no added latency; under load
 the batches grow by themselves, and so does what one statement, one
-transaction or one message carries.
+transaction or one message carries. With ``stall_after``, calls that waited
+that long for a busy runner get one more (up to ``max_stalled`` more), so one
+slow batch never holds up the rest for long.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ R = TypeVar("R")
 class _Key(Generic[T, R]):
     waiting: list[tuple[T, asyncio.Future[R]]] = field(default_factory=list)
     running: int = 0
+    stall_timer: asyncio.TimerHandle | None = None
 
 
 class Batcher(Generic[T, R]):
@@ -36,12 +39,18 @@ class Batcher(Generic[T, R]):
         max_items: int = 64,
         max_running: int = 4,
         size: Callable[[T], int] = lambda item: 1,
+        stall_after: float | None = None,
+        max_stalled: int = 3,
     ) -> None:
         if max_items < 1 or max_running < 1:
             raise ValueError("max_items and max_running must be at least 1")
+        if stall_after is not None and (stall_after <= 0 or max_stalled < 1):
+            raise ValueError("stall_after must be positive and max_stalled at least 1")
         self._run = run
         self._max_items = max_items
         self._max_running = max_running
+        self._stall_after = stall_after
+        self._max_stalled = max_stalled
         self._size = size
         self._keys: dict[Hashable, _Key[T, R]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -54,11 +63,26 @@ class Batcher(Generic[T, R]):
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         state.waiting.append((item, future))
         if state.running < self._max_running:
-            state.running += 1
-            task = asyncio.ensure_future(self._drain(key, state))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._start(key, state)
+        elif self._stall_after is not None and state.stall_timer is None:
+            state.stall_timer = asyncio.get_running_loop().call_later(
+                self._stall_after, self._stalled, key, state
+            )
         return await future
+
+    def _start(self, key: Hashable, state: _Key[T, R]) -> None:
+        state.running += 1
+        task = asyncio.ensure_future(self._drain(key, state))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _stalled(self, key: Hashable, state: _Key[T, R]) -> None:
+        """Calls waited ``stall_after`` seconds behind busy runners: one more runner."""
+        state.stall_timer = None
+        if any(not f.done() for _, f in state.waiting) and (
+            state.running < self._max_running + self._max_stalled
+        ):
+            self._start(key, state)
 
     async def _drain(self, key: Hashable, state: _Key[T, R]) -> None:
         try:
@@ -93,6 +117,9 @@ class Batcher(Generic[T, R]):
         finally:
             state.running -= 1
             if not state.running and not state.waiting:
+                if state.stall_timer is not None:
+                    state.stall_timer.cancel()
+                    state.stall_timer = None
                 self._keys.pop(key, None)
 
     def _take(self, state: _Key[T, R]) -> list[tuple[T, asyncio.Future[R]]]:

@@ -46,6 +46,9 @@ MAX_COUNT = 1000
 #: The most instances that concurrent creates put in one transaction or one build
 #: request (a single create of more goes alone).
 MERGED_INSTANCES = 256
+# Seconds alike builds wait behind a merged build still on its way down before they
+# go down beside it.
+BUILD_STALL = 0.5
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 WATCH_POLL = 0.05
@@ -133,8 +136,14 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
             max_running=1,  # one writer at a time anyway: the others wait and merge
             size=lambda c: len(c.names),
         )
+        # One trip down at a time gathers the most alike builds; one that takes long
+        # lets others go beside it (BUILD_STALL seconds on).
         self._builds: Batcher[tuple[link_pb2.BuildRequest, float, bool], list[ViewRow]] = Batcher(
-            self._schedule_many, max_items=MERGED_INSTANCES, size=lambda b: len(b[0].instances)
+            self._schedule_many,
+            max_items=MERGED_INSTANCES,
+            max_running=1,
+            size=lambda b: len(b[0].instances),
+            stall_after=BUILD_STALL,
         )
 
     # --- create ----------------------------------------------------------------------

@@ -356,3 +356,69 @@ def test_limits_below_one_are_refused(kwargs: dict[str, int]) -> None:
 
     with pytest.raises(ValueError, match="at least 1"):
         Batcher(noop, **kwargs)
+
+
+def test_calls_stalled_behind_a_slow_batch_get_another_runner() -> None:
+    async def main() -> None:
+        release = asyncio.Event()
+        batches: list[list[int]] = []
+
+        async def run_batch(key: Hashable, items: list[int]) -> list[int]:
+            batches.append(list(items))
+            if items == [0]:
+                await release.wait()  # the first batch is slow
+            return items
+
+        batcher: Batcher[int, int] = Batcher(
+            run_batch, max_running=1, stall_after=0.05, max_stalled=1
+        )
+        slow = asyncio.ensure_future(batcher.submit("k", 0))
+        await _settle()
+        behind = [asyncio.ensure_future(batcher.submit("k", n)) for n in (1, 2)]
+        await _settle()
+        assert batches == [[0]]  # they wait behind the running batch at first
+        assert await asyncio.gather(*behind) == [1, 2]  # then go beside it
+        assert batches == [[0], [1, 2]] and not slow.done()
+        release.set()
+        assert await slow == 0
+
+    run(main())
+
+
+def test_stalled_runners_are_capped() -> None:
+    async def main() -> None:
+        release = asyncio.Event()
+        running = 0
+        most = 0
+
+        async def run_batch(key: Hashable, items: list[int]) -> list[int]:
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            await release.wait()
+            running -= 1
+            return items
+
+        batcher: Batcher[int, int] = Batcher(
+            run_batch, max_running=1, stall_after=0.01, max_stalled=2
+        )
+        calls = []
+        for n in range(8):
+            calls.append(asyncio.ensure_future(batcher.submit("k", n)))
+            await asyncio.sleep(0.03)  # each new call waits past stall_after
+        assert most == 3  # one runner and two more for stalled calls, never more
+        release.set()
+        assert await asyncio.gather(*calls) == list(range(8))
+
+    run(main())
+
+
+def test_no_stall_timer_outlives_its_calls() -> None:
+    async def main() -> None:
+        rec = Recorder(hold_first=False)
+        batcher: Batcher[int, int] = Batcher(rec, max_running=1, stall_after=0.01)
+        assert await asyncio.gather(*[batcher.submit("k", n) for n in range(3)]) == [0, 10, 20]
+        await asyncio.sleep(0.03)
+        assert batcher._keys == {}
+
+    run(main())
