@@ -12,18 +12,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias, cast
 
-from sqlalchemy import Table, bindparam, insert, or_, select, update
+from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cellplane.compute import states
-from cellplane.db.instances import InstanceRow, insert_rows, snapshots
+from cellplane.db.instances import (
+    InstanceRow,
+    finish_actions,
+    insert_rows,
+    snapshots,
+    start_actions,
+)
 from cellplane.db.models import (
     CreateRequest,
     Image,
     Instance,
     InstanceAction,
-    InstanceActionEvent,
     InstanceChange,
     InstanceFault,
     utcnow,
@@ -172,18 +177,9 @@ class ApiView:
             for uuid in uuids:
                 row = rows[uuid]
                 changes.append(change_row(row, "update"))
-                actions.append(
-                    {
-                        "request_id": request_id,
-                        "instance_uuid": uuid,
-                        "action": "create",
-                        "project_id": row.project_id,
-                        "user_id": row.user_id,
-                        "start_time": now,
-                    }
-                )
+                actions.append((row, "create", request_id))
         log_changes(session, changes)
-        session.execute(insert(InstanceAction), actions)
+        start_actions(session, actions)
         return [[rows[u] for u in uuids] for uuids in uuids_of]
 
     def by_key(self, project_id: str, key: str) -> list[ViewRow] | None:
@@ -367,33 +363,19 @@ class ApiView:
         """Close the open actions of ``ended`` (uuid -> (result, host)) with an event."""
         uuids = list(ended)
         now = utcnow()
-        action = InstanceAction
         for start in range(0, len(uuids), 500):
             open_actions = (
                 session.connection()
                 .execute(_OPEN_ACTIONS, {"uuids": uuids[start : start + 500]})
                 .all()
             )
-            if not open_actions:
-                continue
-            session.execute(
-                update(action)
-                .where(action.id.in_([a.id for a in open_actions]))
-                .values(finish_time=now)
-            )
-            session.execute(
-                insert(InstanceActionEvent),
+            finish_actions(
+                session,
                 [
-                    {
-                        "action_id": a.id,
-                        "event": f"compute_{a.action}",
-                        "start_time": a.start_time,
-                        "finish_time": now,
-                        "result": ended[a.instance_uuid][0],
-                        "host": ended[a.instance_uuid][1],
-                    }
+                    (a.id, f"compute_{a.action}", a.start_time, *ended[a.instance_uuid], None)
                     for a in open_actions
                 ],
+                now,
             )
 
     def changes_after(

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import JSON, Row, Table, Text, bindparam, insert, inspect, select, update
+from sqlalchemy import JSON, Row, Table, Text, bindparam, insert, inspect, select
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
@@ -302,19 +303,22 @@ def start_actions(session: Session, actions: Sequence[tuple[Any, str, str]]) -> 
     """:func:`start_action` of each ``(instance, action, request_id)``: one INSERT."""
     now = utcnow()
     rows = [
-        {
-            "request_id": request_id,
-            "instance_uuid": instance.uuid,
-            "action": action,
-            "project_id": instance.project_id,
-            "user_id": instance.user_id,
-            "start_time": now,
-            "message": "",
-        }
+        (request_id, instance.uuid, action, instance.project_id, instance.user_id, now, "")
         for instance, action, request_id in actions
     ]
-    if rows:
-        session.execute(insert(InstanceAction), rows)
+    bulk.insert_many(session, _ACTIONS, _ACTION_COLUMNS, rows)
+
+
+_ACTIONS = cast(Table, InstanceAction.__table__)
+_ACTION_COLUMNS = (
+    "request_id",
+    "instance_uuid",
+    "action",
+    "project_id",
+    "user_id",
+    "start_time",
+    "message",
+)
 
 
 def record_event(
@@ -347,8 +351,7 @@ def record_events(
     wanted = set(events)
     now = utcnow()
     pairs = sorted(wanted)
-    rows: list[dict[str, Any]] = []
-    finished: list[int] = []
+    done: list[FinishedAction] = []
     session.flush()  # actions started in this transaction are read too
     for start in range(0, len(pairs), _IN_CHUNK):
         chunk = pairs[start : start + _IN_CHUNK]
@@ -363,26 +366,34 @@ def record_events(
             if (uuid, request_id) not in wanted:
                 continue
             wanted.discard((uuid, request_id))  # one action each
-            finished.append(action_id)
-            rows.append(
-                {
-                    "action_id": action_id,
-                    "event": event,
-                    "start_time": started,
-                    "finish_time": now,
-                    "result": result,
-                    "host": host,
-                    "details": details,
-                }
-            )
-    if rows:
-        session.execute(insert(InstanceActionEvent), rows)
-        for start in range(0, len(finished), _IN_CHUNK):
-            session.execute(
-                update(InstanceAction)
-                .where(InstanceAction.id.in_(finished[start : start + _IN_CHUNK]))
-                .values(finish_time=now)
-            )
+            done.append((action_id, event, started, result, host, details))
+    finish_actions(session, done, now)
+
+
+# An action closed with its last event: (action id, event, the event's start time,
+# result, host, details).
+FinishedAction = tuple[int, str, datetime, str, str | None, str | None]
+
+
+def finish_actions(session: Session, done: Sequence[FinishedAction], now: datetime) -> None:
+    """An event row for each of ``done``, and its action finished at ``now``: one INSERT
+    and one UPDATE for all."""
+    if not done:
+        return
+    bulk.insert_many(
+        session,
+        _EVENTS,
+        _EVENT_COLUMNS,
+        [
+            (a, event, started, now, result, host, details)
+            for a, event, started, result, host, details in done
+        ],
+    )
+    bulk.update_many(session, _ACTIONS, ("finish_time",), "id", [(now, d[0]) for d in done])
+
+
+_EVENTS = cast(Table, InstanceActionEvent.__table__)
+_EVENT_COLUMNS = ("action_id", "event", "start_time", "finish_time", "result", "host", "details")
 
 
 # Built once: it runs for every batch of builds and every action.
