@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from cellplane.api.auth import Authenticator, Caller
 from cellplane.api.status import grpc_code, rpc
@@ -46,6 +46,9 @@ MAX_COUNT = 1000
 #: The most instances that concurrent creates put in one transaction or one build
 #: request (a single create of more goes alone).
 MERGED_INSTANCES = 256
+# Built once: every create looks its flavor and image up.
+_FLAVOR = select(Flavor).where(Flavor.flavor_id == bindparam("flavor_id"))
+_IMAGE = select(Image).where(Image.uuid == bindparam("uuid"))
 # Seconds alike builds wait behind a merged build still on its way down before they
 # go down beside it.
 BUILD_STALL = 0.5
@@ -237,8 +240,8 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
         self, request: compute_pb2.CreateInstancesRequest
     ) -> tuple[Flavor, Image]:
         with self.cell.sessions() as session:
-            flavor = session.scalar(select(Flavor).where(Flavor.flavor_id == request.flavor_id))
-            image = session.scalar(select(Image).where(Image.uuid == request.image_id))
+            flavor = session.scalar(_FLAVOR, {"flavor_id": request.flavor_id})
+            image = session.scalar(_IMAGE, {"uuid": request.image_id})
         if flavor is None or flavor.disabled:
             raise InvalidArgument(f"flavor {request.flavor_id!r} does not exist")
         if image is None:

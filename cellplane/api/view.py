@@ -203,25 +203,16 @@ class ApiView:
         """Remember where a build went, unless a push already said more; the instances
         as the view holds them then, in the given order."""
         rows = self.get_many(uuids)  # pushes usually come first: then no write
-        unplaced = [row for row in rows if not row.cell_path]
-        if unplaced:
-            with self.sessions.begin() as session:
-                written = (
-                    session.connection()
-                    .execute(
-                        update(Instance)
-                        .where(
-                            Instance.uuid.in_([r.uuid for r in unplaced]), Instance.cell_path == ""
-                        )
-                        .values(cell_path=cell_path)
-                    )
-                    .rowcount
-                )
-            if written != len(unplaced):
-                return self.get_many(uuids)  # pushes came meanwhile: as they left them
-            for row in unplaced:  # as written
-                row.cell_path = cell_path
-        return rows
+        unplaced = [row.uuid for row in rows if not row.cell_path]
+        if not unplaced:
+            return rows
+        with self.sessions.begin() as session:
+            session.connection().execute(
+                update(Instance)
+                .where(Instance.uuid.in_(unplaced), Instance.cell_path == "")
+                .values(cell_path=cell_path)
+            )
+        return self.get_many(uuids)  # as written, or as pushes that came meanwhile left them
 
     def failed(self, uuids: Sequence[str], code: int, message: str) -> None:
         """Builds that no cell took: error state and a fault, here at the top."""
@@ -247,11 +238,9 @@ class ApiView:
         return row
 
     def get_many(self, uuids: Sequence[str]) -> list[ViewRow]:
-        """Instances by uuid, in the given order."""
+        """Instances by uuid (deleted ones too), in the given order."""
         with self.sessions() as session:
-            rows = {
-                r.uuid: r for r in session.scalars(select(Instance).where(Instance.uuid.in_(uuids)))
-            }
+            rows = snapshots(session, uuids, deleted=True)
         return [rows[u] for u in uuids if u in rows]
 
     def delete_unplaced(self, uuid: str) -> Instance:

@@ -61,9 +61,10 @@ _SNAPSHOT_COLUMNS = [
     (sql_cast(column, Text) if isinstance(column.type, JSON) else column).label(key)
     for key, column in ((attr.key, attr.columns[0]) for attr in Instance.__mapper__.column_attrs)
 ]
-_SNAPSHOT_LIVE_IN = select(*_SNAPSHOT_COLUMNS).where(
-    _INSTANCES.c.uuid.in_(bindparam("uuids", expanding=True)), _INSTANCES.c.deleted.is_(False)
+_SNAPSHOT_IN = select(*_SNAPSHOT_COLUMNS).where(
+    _INSTANCES.c.uuid.in_(bindparam("uuids", expanding=True))
 )
+_SNAPSHOT_LIVE_IN = _SNAPSHOT_IN.where(_INSTANCES.c.deleted.is_(False))
 # An instance as update_many gives it back: a Core row with the ORM's attribute names,
 # whose JSON columns (flavor, metadata_, addresses) are their stored text.
 InstanceRow = Row[Any]
@@ -257,14 +258,15 @@ def insert_rows(session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
     )
 
 
-def snapshots(session: Session, uuids: Sequence[str]) -> dict[str, InstanceRow]:
-    """The live instances of ``uuids`` by uuid, as the database has them now (Core rows,
-    see InstanceRow)."""
+def snapshots(
+    session: Session, uuids: Sequence[str], *, deleted: bool = False
+) -> dict[str, InstanceRow]:
+    """The live instances of ``uuids`` (and the deleted ones too, with ``deleted``) by
+    uuid, as the database has them now (Core rows, see InstanceRow)."""
+    query = _SNAPSHOT_IN if deleted else _SNAPSHOT_LIVE_IN
     found: dict[str, InstanceRow] = {}
     for start in range(0, len(uuids), _IN_CHUNK):
-        for row in session.execute(
-            _SNAPSHOT_LIVE_IN, {"uuids": list(uuids[start : start + _IN_CHUNK])}
-        ):
+        for row in session.execute(query, {"uuids": list(uuids[start : start + _IN_CHUNK])}):
             found[row.uuid] = row
     return found
 
