@@ -23,7 +23,7 @@ from cellplane.federation import paths, security
 from cellplane.federation.channel import OPTIONAL_PAYLOADS, LinkState, PeerChannel, Relation
 from cellplane.federation.cursors import CursorStore, CursorWriter
 from cellplane.federation.neighbours import Neighbours
-from cellplane.federation.session import Receive, run_session
+from cellplane.federation.session import Receive, WriteBatch, run_session
 from cellplane.v1 import link_pb2, link_pb2_grpc
 
 PROTOCOL_VERSION = 1
@@ -106,7 +106,7 @@ class LinkEndpoint:
         channel: PeerChannel,
         peer_hello: link_pb2.Hello,
         read: Callable[[], Any],
-        write: Callable[[link_pb2.EnvelopeBatch], Any],
+        write: WriteBatch,
     ) -> None:
         """Run an established link until its stream ends."""
         channel.resume(peer_hello.peer_epoch, peer_hello.peer_last_seq)
@@ -190,8 +190,10 @@ class LinkServicer(link_pb2_grpc.CellLinkServicer):
                 )
             return frame
 
-        async def write(batch: link_pb2.EnvelopeBatch) -> None:
-            await context.write(link_pb2.ConnectResponse(batch=batch))
+        async def write(envs: list[link_pb2.Envelope], ack: int) -> None:
+            frame = link_pb2.ConnectResponse()
+            _fill_batch(frame.batch, envs, ack)
+            await context.write(frame)
 
         task = asyncio.current_task()
         assert task is not None
@@ -330,8 +332,10 @@ class ParentDialer:
                 frame = await call.read()
                 return None if frame is _EOF else frame
 
-            async def write(batch: link_pb2.EnvelopeBatch) -> None:
-                await call.write(link_pb2.ConnectRequest(batch=batch))
+            async def write(envs: list[link_pb2.Envelope], ack: int) -> None:
+                frame = link_pb2.ConnectRequest()
+                _fill_batch(frame.batch, envs, ack)
+                await call.write(frame)
 
             try:
                 await ep.run(self.channel, hello, read, write)
@@ -342,6 +346,13 @@ class ParentDialer:
     def stop(self) -> None:
         """Stop dialling (the caller cancels the running task to end the stream)."""
         self._stopping.set()
+
+
+def _fill_batch(batch: link_pb2.EnvelopeBatch, envs: list[link_pb2.Envelope], ack: int) -> None:
+    # Filled in place: building an EnvelopeBatch first would copy every envelope twice.
+    batch.envelopes.extend(envs)
+    batch.ack = ack
+    batch.SetInParent()  # an empty frame (neither envelopes nor ack) is still a batch
 
 
 def _grpc_code(code: Code) -> grpc.StatusCode:

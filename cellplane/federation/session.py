@@ -17,7 +17,8 @@ from cellplane.v1 import link_pb2
 MAX_BATCH = 512
 
 ReadFrame = Callable[[], Awaitable[Any]]
-WriteBatch = Callable[[link_pb2.EnvelopeBatch], Awaitable[None]]
+# Writes one frame: its envelopes and the ack of the other direction (0: none).
+WriteBatch = Callable[[list[link_pb2.Envelope], int], Awaitable[None]]
 Receive = Callable[[PeerChannel, list[link_pb2.Envelope], list[Any]], Awaitable[None]]
 
 
@@ -86,7 +87,7 @@ async def _write_loop(
 ) -> None:
     while True:
         envs, ack = await channel.next_frame(max_batch, max_bytes)
-        await write(link_pb2.EnvelopeBatch(envelopes=envs, ack=ack or 0))
+        await write(envs, ack or 0)
 
 
 class _ProtocolViolation(Exception):

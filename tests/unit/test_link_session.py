@@ -43,7 +43,7 @@ def test_forwarding_an_envelope_does_not_move_the_cursor_of_its_link() -> None:
         async def read() -> link_pb2.ConnectRequest | None:
             return frames.pop(0)
 
-        async def write(batch: link_pb2.EnvelopeBatch) -> None:
+        async def write(envs: list[Envelope], ack: int) -> None:
             return None
 
         async def receive(channel: PeerChannel, envs: list[Envelope], work: list[object]) -> None:
@@ -80,7 +80,7 @@ def test_a_session_whose_cursor_commits_fail_still_ends_with_its_stream() -> Non
             await asyncio.sleep(0.05)  # let the failing commit happen first
             return frames.pop(0)
 
-        async def write(batch: link_pb2.EnvelopeBatch) -> None:
+        async def write(envs: list[Envelope], ack: int) -> None:
             return None
 
         async def receive(channel: PeerChannel, envs: list[Envelope], work: list[object]) -> None:
