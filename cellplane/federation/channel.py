@@ -84,7 +84,12 @@ class PeerChannel:
     def send(self, env: Envelope, size: int | None = None) -> None:
         """Queue ``env`` for the neighbour; it is kept until acked (``size``: its
         payload's bytes, if the caller knows them)."""
-        self.send_many([env], [env.ByteSize() if size is None else size])
+        seq = env.seq = self._next_seq
+        self._next_seq += 1
+        self._unacked[seq] = env
+        self._queue.append(env)
+        self._sizes[seq] = (env.ByteSize() if size is None else size) + ENVELOPE_OVERHEAD
+        self._work.set()
 
     def send_many(self, envs: Iterable[Envelope], sizes: Iterable[int] | None = None) -> None:
         """Queue several envelopes at once (``sizes``: their payloads' bytes, in order,
