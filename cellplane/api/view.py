@@ -318,9 +318,15 @@ class ApiView:
             session.add(image)
         return image
 
-    def after_pushes(self, session: Session, instances: Sequence[types_pb2.Instance]) -> None:
-        """Called with every applied update of a batch of pushes, in order: finish the
-        actions and snapshots of instances whose task ended (one query for each)."""
+    def after_pushes(
+        self,
+        session: Session,
+        instances: Sequence[types_pb2.Instance],
+        destroyed: Sequence[str] = (),
+    ) -> None:
+        """Called with every applied update of a batch of pushes, in order, and the
+        instances its destroys removed: finish the actions and snapshots of instances
+        whose task ended, and the actions of those deleted (one query for each)."""
         ended: dict[str, tuple[str, str | None, int]] = {}
         for msg in instances:
             task = msg.task_state
@@ -333,6 +339,8 @@ class ApiView:
             ended[msg.uuid] = (result, msg.host or None, msg.flavor.root_gb)
         if ended:
             self._tasks_ended(session, ended)
+        if destroyed:  # a delete ends with the destroy, not with an update
+            self._finish_actions(session, dict.fromkeys(destroyed, ("Success", None)))
 
     @staticmethod
     def _tasks_ended(session: Session, ended: dict[str, tuple[str, str | None, int]]) -> None:

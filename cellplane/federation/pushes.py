@@ -44,8 +44,9 @@ _PAYLOAD_OF_KIND = {
 # One push: its kind and its message (types_pb2.Instance for an update,
 # InstanceDestroyed or InstanceFaultReport).
 Push = tuple[str, Any]
-# Told every instance an applied update left here, in order (the API view).
-AfterApply = Callable[[Session, list[types_pb2.Instance]], None]
+# Told every instance an applied update left here, in order, and the uuids of the
+# instances an applied destroy removed (the API view).
+AfterApply = Callable[[Session, list[types_pb2.Instance], list[str]], None]
 
 
 @dataclass
@@ -134,6 +135,7 @@ def apply_pushes(
     paths_here: dict[str, str] = {}  # a push's cell_path -> the path from this cell
     fault_rows: list[dict[str, Any]] = []
     updated: list[types_pb2.Instance] = []
+    destroyed: list[str] = []
     for kind, msg in pushes:
         if kind == UPDATE:
             uuid, version = msg.uuid, msg.version
@@ -186,6 +188,7 @@ def apply_pushes(
                 updated_at=now,
             )
             counts.applied += 1
+            destroyed.append(msg.instance_uuid)
             effects.append(_Effect(DESTROY, msg.instance_uuid, msg.version))
         else:
             uuid, fault = msg.instance_uuid, msg.fault
@@ -218,8 +221,8 @@ def apply_pushes(
     if fault_rows:
         session.execute(cast(Table, InstanceFault.__table__).insert(), fault_rows)
     _pass_on(session, outbox, effects)
-    if after_apply is not None and updated:
-        after_apply(session, updated)
+    if after_apply is not None and (updated or destroyed):
+        after_apply(session, updated, destroyed)
     return counts
 
 

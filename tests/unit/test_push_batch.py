@@ -312,3 +312,25 @@ def test_updates_joined_in_one_envelope_leave_what_single_envelopes_leave(
     assert len(_joined(_frame())) == 7  # 13 envelopes: 7 updates in a row, and 1 at the end
     assert _state(joined_db) == _state(single_db)
     assert (joined.applied, joined.stale) == (single.applied, single.stale)
+
+
+def test_a_destroy_finishes_the_delete_action_at_the_top(tmp_path: Path) -> None:
+    receiver, sessions = _receiver(tmp_path, "api")
+    with sessions.begin() as session:
+        receiver.apply_update(session, _instance(U1, 2, task=types_pb2.TASK_STATE_DELETING))
+        session.add(
+            InstanceAction(
+                request_id="r-delete",
+                instance_uuid=U1,
+                action="delete",
+                project_id="p",
+                user_id="u",
+            )
+        )
+    with sessions.begin() as session:
+        gone = link_pb2.InstanceDestroyed(instance_uuid=U1, version=3, cell_path="mid!leaf")
+        receiver.apply_destroyed(session, gone)
+    state = _state(sessions)
+    assert state["instances"][U1][6] is True  # deleted
+    assert state["actions"] == {U1: True}
+    assert state["events"] == [("Success", None)]
