@@ -388,6 +388,8 @@ def test_lifecycle_of_an_instance_in_the_deepest_cell(tmp_path: Path) -> None:
             compute_pb2.ListInstanceActionsRequest(uuid=uuid), **md
         )
         assert actions.actions[-1].action == "delete"
+        # Every action of the instance's life finished at the top, the delete included.
+        assert all(a.HasField("finish_time") for a in actions.actions), actions
 
     run(tmp_path, scenario)
 

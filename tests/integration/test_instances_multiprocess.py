@@ -377,6 +377,8 @@ def test_instance_lifecycle_in_the_deepest_cell_reaches_the_top(tree: Tree, api:
     api("DeleteInstance", uuid=uuid)
     gone = settled(api, uuid, VM.Value("VM_STATE_DELETED"), tree, "delete")
     assert gone.deleted
+    delete = [a for a in api("ListInstanceActions", uuid=uuid).actions if a.action == "delete"]
+    assert len(delete) == 1 and delete[0].HasField("finish_time"), delete
 
     # The owning cell agrees with the top, and nothing waits in any outbox.
     [(vm_state, deleted, version)] = tree.rows(
