@@ -31,7 +31,7 @@ from cellplane.api.view import ApiView
 from cellplane.config import CellConfig, ParentConfig
 from cellplane.db.instances import InstanceChanges
 from cellplane.db.models import Cell as CellRow
-from cellplane.errors import AlreadyExists, CellNotFound, InvalidArgument
+from cellplane.errors import AlreadyExists, CellNotFound, InvalidArgument, Unavailable
 from cellplane.federation import dispatch, envelopes, security
 from cellplane.federation.builds import BuildCoordinator
 from cellplane.federation.channel import PeerChannel, Relation
@@ -233,12 +233,19 @@ class Cell:
             reflection.SERVICE_NAME,
         ]
         reflection.enable_server_reflection(services, server)
-        if cfg.tls is not None:
-            self.port = server.add_secure_port(cfg.listen, security.server_credentials(cfg.tls))
-        else:
-            self.port = server.add_insecure_port(cfg.listen)
+        try:
+            if cfg.tls is not None:
+                creds = security.server_credentials(cfg.tls)
+                self.port = server.add_secure_port(cfg.listen, creds)
+            else:
+                self.port = server.add_insecure_port(cfg.listen)
+        except RuntimeError:  # gRPC's "Failed to bind": the address is taken or not ours
+            self.port = 0
         if self.port == 0:
-            raise InvalidArgument(f"cannot listen on {cfg.listen}")
+            raise Unavailable(
+                f"cell {self.name} cannot listen on {cfg.listen}: the address is in use "
+                "(is this cell running already?) or not an address of this machine"
+            )
         await server.start()
         self._server = server
         await self._check_health()

@@ -49,6 +49,9 @@ def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
         ("grpc.http2.max_ping_strikes", 0),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
+        # gRPC lets a second server bind a port in use (SO_REUSEPORT) and share its
+        # connections: a cell started twice would answer as two. Refuse instead.
+        ("grpc.so_reuseport", 0),
     ]
 
 

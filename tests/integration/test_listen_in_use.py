@@ -1,0 +1,38 @@
+"""A cell started on an address already in use is refused, with the address named;
+it never shares the port with the cell that holds it (gRPC would allow that)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from cellplane.config import CellConfig
+from cellplane.errors import Unavailable
+from cellplane.service import Cell
+
+
+def test_a_cell_on_an_address_in_use_is_refused(tmp_path: Path) -> None:
+    async def main() -> None:
+        first = Cell(
+            CellConfig(
+                name="top", database_url=f"sqlite:///{tmp_path / 'top'}.db", listen="127.0.0.1:0"
+            )
+        )
+        await first.start()
+        try:
+            second = Cell(
+                CellConfig(
+                    name="again",
+                    database_url=f"sqlite:///{tmp_path / 'again'}.db",
+                    listen=first.address,
+                )
+            )
+            with pytest.raises(Unavailable, match=f"cannot listen on {first.address}"):
+                await second.start()
+            await second.stop(grace=0.1)
+        finally:
+            await first.stop(grace=0.2)
+
+    asyncio.run(asyncio.wait_for(main(), 30))
