@@ -64,27 +64,32 @@ class Batcher(Generic[T, R]):
         state.waiting.append((item, future))
         if state.running < self._max_running:
             self._start(key, state)
-        elif self._stall_after is not None and state.stall_timer is None:
+        else:
+            self._arm_stall_timer(key, state)
+        return await future
+
+    def _arm_stall_timer(self, key: Hashable, state: _Key[T, R]) -> None:
+        if self._stall_after is not None and state.stall_timer is None:
             state.stall_timer = asyncio.get_running_loop().call_later(
                 self._stall_after, self._stalled, key, state
             )
-        return await future
 
-    def _start(self, key: Hashable, state: _Key[T, R]) -> None:
+    def _start(self, key: Hashable, state: _Key[T, R], *, once: bool = False) -> None:
         state.running += 1
-        task = asyncio.ensure_future(self._drain(key, state))
+        task = asyncio.ensure_future(self._drain(key, state, once=once))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     def _stalled(self, key: Hashable, state: _Key[T, R]) -> None:
-        """Calls waited ``stall_after`` seconds behind busy runners: one more runner."""
+        """Calls waited ``stall_after`` seconds behind busy runners: one more runner, for
+        one batch (the usual runners take what comes after)."""
         state.stall_timer = None
         if any(not f.done() for _, f in state.waiting) and (
             state.running < self._max_running + self._max_stalled
         ):
-            self._start(key, state)
+            self._start(key, state, once=True)
 
-    async def _drain(self, key: Hashable, state: _Key[T, R]) -> None:
+    async def _drain(self, key: Hashable, state: _Key[T, R], *, once: bool = False) -> None:
         try:
             while state.waiting:
                 batch = self._take(state)
@@ -114,6 +119,8 @@ class Batcher(Generic[T, R]):
                     raise
                 for (_, future), result in zip(batch, results, strict=True):
                     _settle(future, result)
+                if once:
+                    break
         finally:
             state.running -= 1
             if not state.running and not state.waiting:
@@ -121,6 +128,11 @@ class Batcher(Generic[T, R]):
                     state.stall_timer.cancel()
                     state.stall_timer = None
                 self._keys.pop(key, None)
+            elif state.waiting:  # a one-batch runner left calls waiting
+                if state.running < self._max_running:
+                    self._start(key, state)
+                else:
+                    self._arm_stall_timer(key, state)
 
     def _take(self, state: _Key[T, R]) -> list[tuple[T, asyncio.Future[R]]]:
         taken, total = 0, 0

@@ -233,9 +233,9 @@ class Cell:
             reflection.SERVICE_NAME,
         ]
         reflection.enable_server_reflection(services, server)
+        creds = security.server_credentials(cfg.tls) if cfg.tls is not None else None
         try:
-            if cfg.tls is not None:
-                creds = security.server_credentials(cfg.tls)
+            if creds is not None:
                 self.port = server.add_secure_port(cfg.listen, creds)
             else:
                 self.port = server.add_insecure_port(cfg.listen)

@@ -470,8 +470,10 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
         )
         if result.status.code != Code.OK:
             raise from_status(result.status.code, result.status.message)
-        await asyncio.to_thread(self.view.record_action, row, action, request_id, caller.user_id)
         instance = result.instance
+        await asyncio.to_thread(
+            self.view.record_action, row, action, request_id, caller.user_id, instance.version
+        )
         # The owning cell's answer is newer than our view: apply it now, so that a read
         # right after this call already shows the task that started.
         instance.cell_path = paths.join(*hops[1:])

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cellplane.compute import states
+from cellplane.db.engine import lock_for_write
 from cellplane.db.instances import (
     InstanceRow,
     finish_actions,
@@ -58,6 +59,18 @@ _OPEN_ACTIONS = select(
     _ACTIONS.id, _ACTIONS.instance_uuid, _ACTIONS.action, _ACTIONS.start_time
 ).where(
     _ACTIONS.instance_uuid.in_(bindparam("uuids", expanding=True)), _ACTIONS.finish_time.is_(None)
+)
+_INSTANCES = cast(Table, Instance.__table__).c
+_AFTER_ANSWER = (
+    select(
+        _INSTANCES.version,
+        _INSTANCES.task_state,
+        _INSTANCES.vm_state,
+        _INSTANCES.deleted,
+        _INSTANCES.host,
+    )
+    .where(_INSTANCES.uuid == bindparam("uuid"))
+    .with_for_update()
 )
 _QUEUED_IMAGES = select(Image).where(Image.status == "queued")
 _ANY_QUEUED_IMAGE = select(Image.id).where(Image.status == "queued").limit(1)
@@ -255,9 +268,15 @@ class ApiView:
             self._log(session, row, "destroy")
             return row
 
-    def record_action(self, row: Instance, action: str, request_id: str, user_id: str) -> None:
-        """A user action the owning cell accepted."""
+    def record_action(
+        self, row: Instance, action: str, request_id: str, user_id: str, answered: int = 0
+    ) -> None:
+        """A user action the owning cell accepted, answering with version ``answered`` of
+        the instance. Pushes may have come first: if the instance here is already past
+        that version with its task ended (or is gone), the action is finished at once, as
+        those pushes would have finished it."""
         with self.sessions.begin() as session:
+            lock_for_write(session)  # no push applies between the look and the insert
             session.add(
                 InstanceAction(
                     request_id=request_id,
@@ -268,6 +287,13 @@ class ApiView:
                     start_time=utcnow(),
                 )
             )
+            session.flush()
+            now = session.execute(_AFTER_ANSWER, {"uuid": row.uuid}).one_or_none()
+            if now is None or now.version <= answered:
+                return
+            if now.deleted or now.task_state is None:
+                result = "Error" if now.vm_state == states.ERROR else "Success"
+                self._finish_actions(session, {row.uuid: (result, now.host)})
 
     def actions(self, uuid: str) -> list[InstanceAction]:
         """Actions of an instance, oldest first, with their events."""

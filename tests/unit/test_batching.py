@@ -422,3 +422,30 @@ def test_no_stall_timer_outlives_its_calls() -> None:
         assert batcher._keys == {}
 
     run(main())
+
+
+def test_a_stalled_runner_runs_one_batch_and_hands_the_rest_over() -> None:
+    async def main() -> None:
+        release = asyncio.Event()
+        batches: list[list[int]] = []
+
+        async def run_batch(key: Hashable, items: list[int]) -> list[int]:
+            batches.append(list(items))
+            if items == [0]:
+                await release.wait()  # the first batch is slow
+            return items
+
+        batcher: Batcher[int, int] = Batcher(
+            run_batch, max_items=2, max_running=1, stall_after=0.05, max_stalled=1
+        )
+        slow = asyncio.ensure_future(batcher.submit("k", 0))
+        await _settle()
+        # Five calls stall behind the slow batch: the extra runner takes two, and the
+        # rest must not be left without a runner once it is done.
+        behind = [asyncio.ensure_future(batcher.submit("k", n)) for n in range(1, 6)]
+        assert await asyncio.gather(*behind) == [1, 2, 3, 4, 5]
+        assert batches[:2] == [[0], [1, 2]] and not slow.done()
+        release.set()
+        assert await slow == 0
+
+    run(main())

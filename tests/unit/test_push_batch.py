@@ -334,3 +334,28 @@ def test_a_destroy_finishes_the_delete_action_at_the_top(tmp_path: Path) -> None
     assert state["instances"][U1][6] is True  # deleted
     assert state["actions"] == {U1: True}
     assert state["events"] == [("Success", None)]
+
+
+def test_an_action_recorded_after_the_pushes_that_ended_it_is_finished(tmp_path: Path) -> None:
+    receiver, sessions = _receiver(tmp_path, "api")
+    view = ApiView(sessions)
+    rebooting = types_pb2.TASK_STATE_REBOOTING
+    with sessions.begin() as session:
+        receiver.apply_update(session, _instance(U1, 1))
+        receiver.apply_update(session, _instance(U2, 1))
+    # U1: the owning cell answered the reboot with version 2; its push of version 3
+    # (task ended) reached the top before the API recorded the action.
+    with sessions.begin() as session:
+        receiver.apply_update(session, _instance(U1, 3))
+    with sessions() as session:
+        row1 = session.scalars(select(Instance).where(Instance.uuid == U1)).one()
+        row2 = session.scalars(select(Instance).where(Instance.uuid == U2)).one()
+    view.record_action(row1, "reboot", "r-late", "u", answered=2)
+    # U2: the usual order, the action first, then the push that ends it.
+    view.record_action(row2, "reboot", "r-usual", "u", answered=2)
+    with sessions.begin() as session:
+        receiver.apply_update(session, _instance(U2, 2, task=rebooting))
+    assert _state(sessions)["actions"] == {U1: True, U2: False}
+    with sessions.begin() as session:
+        receiver.apply_update(session, _instance(U2, 3))
+    assert _state(sessions)["actions"] == {U1: True, U2: True}
