@@ -76,7 +76,7 @@ _QUEUED_IMAGES = select(Image).where(Image.status == "queued")
 _ANY_QUEUED_IMAGE = select(Image.id).where(Image.status == "queued").limit(1)
 
 
-# An instance as the view gives it: an ORM row, or (just created) a Core row.
+# An instance as the view gives it: an ORM row, or a Core row (see InstanceRow).
 ViewRow: TypeAlias = Instance | InstanceRow
 
 

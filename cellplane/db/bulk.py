@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, Dialect, Table
@@ -83,22 +84,17 @@ def update_many(
 def sqlite_timestamp(value: datetime) -> str:
     """A UTC-aware datetime as SQLAlchemy stores it in SQLite (naive UTC text)."""
     zone = value.tzinfo
-    if zone is UTC:
-        text = _TEXTS.get(value)
-        if text is None:
-            if len(_TEXTS) >= _TEXTS_KEPT:
-                _TEXTS.clear()
-            text = _TEXTS[value] = value.isoformat(" ", "microseconds")[:-6]
-        return text
     if zone is None:
         raise ValueError("naive datetime; cellplane stores UTC-aware timestamps only")
-    return value.astimezone(UTC).isoformat(" ", "microseconds")[:-6]  # without "+00:00"
+    return _utc_text(value if zone is UTC else value.astimezone(UTC))
 
 
-# UTC times written lately, as SQLite text: the rows of a transaction share their
-# updated_at, and a parent checks every pushed row's against what it wrote.
-_TEXTS: dict[datetime, str] = {}
-_TEXTS_KEPT = 4096
+@lru_cache(maxsize=4096)
+def _utc_text(value: datetime) -> str:
+    # Kept: the rows of a transaction share their updated_at, and a parent checks every
+    # pushed row's against what it wrote. UTC values only: times of another zone that
+    # differ in ``fold`` alone compare equal, yet are different instants.
+    return value.isoformat(" ", "microseconds")[:-6]  # without "+00:00"
 
 
 def _execute(session: Session, shape: _Shape, rows: list[Any]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -113,6 +114,18 @@ def lock_for_write(session: Session) -> None:
         return
     if not connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
         connection.exec_driver_sql("UPDATE link_cursors SET peer = peer WHERE 0")
+
+
+def driver_rows(connection: sa.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
+    """The rows of ``sql`` (in the driver's own parameter style) as the driver gives
+    them, tuples without SQLAlchemy's rows around them: for reads of thousands of rows
+    a second. Runs in ``connection``'s transaction."""
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(sql, params)
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
 
 
 def make_session_factory(engine: sa.Engine) -> sessionmaker[Session]:

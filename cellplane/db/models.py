@@ -8,6 +8,7 @@ which keeps no offset of its own.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -30,9 +31,6 @@ FAULT_MESSAGE_LENGTH = 255
 def utcnow() -> datetime:
     """The current time, UTC-aware."""
     return datetime.now(UTC)
-
-
-_PARSED_TEXTS = 4096  # SQLite timestamp texts each column's reader keeps parsed
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
@@ -58,27 +56,24 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
     def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
-        if dialect.name != "sqlite":
-            return super().result_processor(dialect, coltype)
         slow = super().result_processor(dialect, coltype)
-        # SQLite keeps the text; rows read together mostly share it (a transaction's
-        # updated_at), so each text is parsed once while it recurs.
-        seen: dict[str, datetime] = {}
+        if dialect.name != "sqlite":
+            return slow
 
         def process(value: Any) -> datetime | None:
-            if not isinstance(value, str):
-                return cast(datetime | None, slow(value) if slow is not None else value)
-            got = seen.get(value)
-            if got is None:
-                parsed = datetime.fromisoformat(value)
-                got = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
-                got = got.astimezone(UTC)
-                if len(seen) >= _PARSED_TEXTS:
-                    seen.clear()
-                seen[value] = got
-            return got
+            if isinstance(value, str):
+                return _sqlite_time(value)
+            return cast(datetime | None, slow(value) if slow is not None else value)
 
         return process
+
+
+@lru_cache(maxsize=4096)
+def _sqlite_time(text: str) -> datetime:
+    """A timestamp as SQLite keeps it (text), read in UTC. Kept: rows read together
+    mostly share it (a transaction's updated_at)."""
+    parsed = datetime.fromisoformat(text)
+    return (parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed).astimezone(UTC)
 
 
 class Base(DeclarativeBase):

@@ -84,11 +84,7 @@ class PeerChannel:
     def send(self, env: Envelope, size: int | None = None) -> None:
         """Queue ``env`` for the neighbour; it is kept until acked (``size``: its
         payload's bytes, if the caller knows them)."""
-        seq = env.seq = self._next_seq
-        self._next_seq += 1
-        self._unacked[seq] = env
-        self._queue.append(env)
-        self._sizes[seq] = (env.ByteSize() if size is None else size) + ENVELOPE_OVERHEAD
+        self._enqueue(env, env.ByteSize() if size is None else size)
         self._work.set()
 
     def send_many(self, envs: Iterable[Envelope], sizes: Iterable[int] | None = None) -> None:
@@ -99,12 +95,15 @@ class PeerChannel:
         if len(measured) != len(envs):
             raise ValueError(f"{len(envs)} envelopes with {len(measured)} sizes")
         for env, size in zip(envs, measured, strict=True):
-            seq = env.seq = self._next_seq
-            self._next_seq += 1
-            self._unacked[seq] = env
-            self._queue.append(env)
-            self._sizes[seq] = size + ENVELOPE_OVERHEAD
+            self._enqueue(env, size)
         self._work.set()
+
+    def _enqueue(self, env: Envelope, size: int) -> None:
+        seq = env.seq = self._next_seq
+        self._next_seq += 1
+        self._unacked[seq] = env
+        self._queue.append(env)
+        self._sizes[seq] = size + ENVELOPE_OVERHEAD
 
     def drop_unacked(self, payloads: Container[str]) -> list[Envelope]:
         """Take back every unacked envelope whose payload is one of ``payloads`` (the
@@ -153,8 +152,8 @@ class PeerChannel:
         self, max_batch: int, max_bytes: int = FRAME_BYTES
     ) -> tuple[list[Envelope], int | None]:
         """Wait until there is something to send; return (envelopes, ack or None):
-        at most ``max_batch`` envelopes, and no more large ones than fit ``max_bytes``
-        (one always goes, whatever its size)."""
+        at most ``max_batch`` envelopes, and no more than fit ``max_bytes`` (one always
+        goes, whatever its size)."""
         while not self._queue and self._ack_to_send is None:
             self._work.clear()
             await self._work.wait()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -16,6 +16,10 @@ from sqlalchemy import Row
 
 from cellplane.db.models import Flavor, Image, InstanceFault
 from cellplane.v1 import types_pb2
+
+# Encodings and values that recur (flavors, addresses, a transaction's timestamps) are
+# kept, up to _CACHE_LIMIT of each kind.
+_CACHE_LIMIT = 4096
 
 
 def _enum_maps(enum: Any, prefix: str) -> tuple[dict[str, int], dict[int, str]]:
@@ -176,35 +180,27 @@ def instance_to_proto(row: Any, *, cell_path: str | None = None) -> types_pb2.In
     for name in ("created_at", "updated_at", "launched_at"):
         value = get(name)
         if value is not None:
-            part = _STAMP_PARTS.get((name, value))
-            if part is None:
-                part = _stamp_part(name, value)
-            parts.append(part)
+            zone = value.tzinfo
+            if zone is not UTC:  # kept by UTC value: other zones' times may differ in fold
+                value = value.replace(tzinfo=UTC) if zone is None else value.astimezone(UTC)
+            parts.append(_stamp_part(name, value))
     if parts:
         out.MergeFromString(b"".join(parts))
     return out
 
 
-_STAMP_PARTS: dict[tuple[str, datetime], bytes] = {}  # (field, time) -> serialized part
-
-
+@lru_cache(maxsize=_CACHE_LIMIT)
 def _stamp_part(name: str, value: datetime) -> bytes:
-    """An Instance holding only timestamp ``name`` = ``value``, serialized (and kept)."""
+    """An Instance holding only timestamp ``name`` = ``value`` (UTC), serialized."""
     out = types_pb2.Instance()
     set_timestamp(getattr(out, name), value)
-    part = out.SerializeToString()
-    if value.tzinfo is UTC:  # times of other zones equal by instant may differ in fold
-        if len(_STAMP_PARTS) >= _CACHE_LIMIT:
-            _STAMP_PARTS.clear()
-        _STAMP_PARTS[(name, value)] = part
-    return part
+    return out.SerializeToString()
 
 
 # An instance's JSON columns (by ORM attribute) and their protobuf fields. Their
 # values repeat (a flavor for many instances, an instance's addresses in every one
 # of its pushes), so their encodings are kept, up to _CACHE_LIMIT of each.
 _JSON_COLUMNS = ("flavor", "metadata_", "addresses")
-_CACHE_LIMIT = 4096
 _PARTS: dict[tuple[str, str], bytes] = {}  # (column, stored text) -> serialized Instance part
 _TEXTS: dict[tuple[str, Any], str] = {}  # (column, protobuf value key) -> stored text
 
@@ -278,22 +274,15 @@ def _stamp(name: str) -> Callable[[types_pb2.Instance], datetime | None]:
         if not msg.HasField(name):
             return None  # not sent: left as it is
         stamp = getattr(msg, name)
-        key = (stamp.seconds, stamp.nanos)
-        got = _STAMPS.get(key)
-        if got is None:
-            if len(_STAMPS) >= _STAMPS_MAX:
-                _STAMPS.clear()
-            got = _STAMPS[key] = _EPOCH + timedelta(
-                seconds=stamp.seconds, microseconds=stamp.nanos // 1000
-            )
-        return got
+        return _datetime_of(stamp.seconds, stamp.nanos)
 
     return value
 
 
-# Timestamps seen lately: the rows of one transaction share their updated_at.
-_STAMPS: dict[tuple[int, int], datetime] = {}
-_STAMPS_MAX = 4096
+@lru_cache(maxsize=_CACHE_LIMIT)
+def _datetime_of(seconds: int, nanos: int) -> datetime:
+    # Kept: the rows of one transaction share their updated_at.
+    return _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
 
 
 # (protobuf field, column, the column's value in a message) for every column a push

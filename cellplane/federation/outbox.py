@@ -23,6 +23,7 @@ from sqlalchemy import Table, bindparam, delete, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cellplane.db import bulk
+from cellplane.db.engine import driver_rows
 from cellplane.db.models import Instance, InstanceChange, InstanceFault, OutboxEntry, utcnow
 from cellplane.federation import codec, envelopes, paths, pushes
 from cellplane.federation.channel import PeerChannel
@@ -362,12 +363,7 @@ class OutboxSender:
                 ).all()
                 return [(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
             # Straight from the driver: its rows are already (int, str, bytes) tuples.
-            cursor = connection.connection.cursor()
-            try:
-                cursor.execute(_UNSENT_SQLITE, (peer, after, limit))
-                return cast(list[tuple[int, str, bytes]], cursor.fetchall())
-            finally:
-                cursor.close()
+            return driver_rows(connection, _UNSENT_SQLITE, (peer, after, limit))
 
     def _delete(self, ids: list[int]) -> None:
         with self.sessions.begin() as session:

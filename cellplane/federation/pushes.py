@@ -20,7 +20,7 @@ from sqlalchemy import Connection, String, Table, bindparam, select, type_coerce
 from sqlalchemy.orm import Session
 
 from cellplane.db import bulk
-from cellplane.db.engine import lock_for_write
+from cellplane.db.engine import driver_rows, lock_for_write
 from cellplane.db.models import (
     FAULT_MESSAGE_LENGTH,
     Instance,
@@ -246,12 +246,7 @@ def _held_rows(connection: Connection, uuids: Sequence[str]) -> Iterable[Sequenc
         sql = _HELD_SQLITE[len(uuids)] = (
             f"SELECT uuid, id, version, updated_at FROM instances WHERE uuid IN ({marks})"
         )
-    cursor = connection.connection.cursor()
-    try:
-        cursor.execute(sql, tuple(uuids))
-        return cast(list[Sequence[Any]], cursor.fetchall())
-    finally:
-        cursor.close()
+    return driver_rows(connection, sql, tuple(uuids))
 
 
 def _same_time(stored: Any, written: datetime | None) -> bool:
