@@ -360,26 +360,16 @@ def test_limits_below_one_are_refused(kwargs: dict[str, int]) -> None:
 
 def test_calls_stalled_behind_a_slow_batch_get_another_runner() -> None:
     async def main() -> None:
-        release = asyncio.Event()
-        batches: list[list[int]] = []
-
-        async def run_batch(key: Hashable, items: list[int]) -> list[int]:
-            batches.append(list(items))
-            if items == [0]:
-                await release.wait()  # the first batch is slow
-            return items
-
-        batcher: Batcher[int, int] = Batcher(
-            run_batch, max_running=1, stall_after=0.05, max_stalled=1
-        )
+        rec = Recorder(lambda item: item)  # the first batch is slow: held until released
+        batcher: Batcher[int, int] = Batcher(rec, max_running=1, stall_after=0.05, max_stalled=1)
         slow = asyncio.ensure_future(batcher.submit("k", 0))
-        await _settle()
+        await rec.started.wait()
         behind = [asyncio.ensure_future(batcher.submit("k", n)) for n in (1, 2)]
         await _settle()
-        assert batches == [[0]]  # they wait behind the running batch at first
+        assert rec.batches == [("k", [0])]  # they wait behind the running batch at first
         assert await asyncio.gather(*behind) == [1, 2]  # then go beside it
-        assert batches == [[0], [1, 2]] and not slow.done()
-        release.set()
+        assert rec.batches == [("k", [0]), ("k", [1, 2])] and not slow.done()
+        rec.release.set()
         assert await slow == 0
 
     run(main())
@@ -426,26 +416,18 @@ def test_no_stall_timer_outlives_its_calls() -> None:
 
 def test_a_stalled_runner_runs_one_batch_and_hands_the_rest_over() -> None:
     async def main() -> None:
-        release = asyncio.Event()
-        batches: list[list[int]] = []
-
-        async def run_batch(key: Hashable, items: list[int]) -> list[int]:
-            batches.append(list(items))
-            if items == [0]:
-                await release.wait()  # the first batch is slow
-            return items
-
+        rec = Recorder(lambda item: item)  # the first batch is slow: held until released
         batcher: Batcher[int, int] = Batcher(
-            run_batch, max_items=2, max_running=1, stall_after=0.05, max_stalled=1
+            rec, max_items=2, max_running=1, stall_after=0.05, max_stalled=1
         )
         slow = asyncio.ensure_future(batcher.submit("k", 0))
-        await _settle()
+        await rec.started.wait()
         # Five calls stall behind the slow batch: the extra runner takes two, and the
         # rest must not be left without a runner once it is done.
         behind = [asyncio.ensure_future(batcher.submit("k", n)) for n in range(1, 6)]
         assert await asyncio.gather(*behind) == [1, 2, 3, 4, 5]
-        assert batches[:2] == [[0], [1, 2]] and not slow.done()
-        release.set()
+        assert rec.batches[:2] == [("k", [0]), ("k", [1, 2])] and not slow.done()
+        rec.release.set()
         assert await slow == 0
 
     run(main())

@@ -1,12 +1,16 @@
 """The outbox sender joins a run of updates into one envelope (InstanceUpdates), keeps
 other pushes in envelopes of their own, and deletes every row of an envelope once it
-is acked."""
+is acked. It never loses a row: not one committed below what it already sent
+(PostgreSQL hands out ids at insert, shows rows at commit), and not after a database
+error (the sender used to die on one, silently ending state up)."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.exc import OperationalError
 
 from cellplane import db
 from cellplane.db.models import OutboxEntry
@@ -212,3 +216,49 @@ def test_joined_updates_taken_back_by_the_link_go_again_one_by_one(tmp_path: Pat
     channel.apply_ack(max(env.seq for env in sent))
     asyncio.run(sender._step())
     assert sender.pending() == 0
+
+
+def _versions(parent: FakeParent) -> list[int]:
+    """The rows sent, in order (each row's version is its id)."""
+    return [version for env in parent.sent for _, version in _carried(env)]
+
+
+def test_a_row_committed_below_what_was_sent_is_still_sent(tmp_path: Path) -> None:
+    sender, parent, sessions = _sender(tmp_path)
+    _add(sessions, [("instance_update", 1), ("instance_update", 3)], ids=True)
+    asyncio.run(sender._step())
+    assert _versions(parent) == [1, 3]
+    _add(sessions, [("instance_update", 2)], ids=True)  # took id 2 first, committed last
+    parent.ack(parent.sent)
+    asyncio.run(sender._step())
+    assert _versions(parent) == [1, 3, 2]
+    parent.ack(parent.sent)
+    asyncio.run(sender._step())
+    assert sender.pending() == 0
+
+
+def test_the_sender_keeps_sending_after_a_database_error(tmp_path: Path) -> None:
+    sender, parent, sessions = _sender(tmp_path)
+    load = sender._load
+    failures = []
+
+    def flaky_load(*args: Any) -> Any:
+        if not failures:
+            failures.append(1)
+            raise OperationalError("SELECT", {}, Exception("database is locked"))
+        return load(*args)
+
+    sender._load = flaky_load  # type: ignore[method-assign]
+    _add(sessions, [("instance_update", 1)], ids=True)
+
+    async def run() -> None:
+        task = asyncio.create_task(sender.run())
+        try:
+            while not parent.sent:
+                sender.wake()
+                await asyncio.sleep(0.01)
+        finally:
+            task.cancel()
+
+    asyncio.run(asyncio.wait_for(run(), 10))
+    assert failures and _versions(parent) == [1]
