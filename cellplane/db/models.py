@@ -143,7 +143,10 @@ class Instance(Base):
     terminated_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
-    deleted: Mapped[bool] = mapped_column(default=False, index=True)
+    # Not indexed: nearly every row has the same value, and on SQLite (no statistics)
+    # an index here wins over the uuid index in ``uuid IN (...) AND NOT deleted``,
+    # turning every look-up of a few instances into a scan of all live ones.
+    deleted: Mapped[bool] = mapped_column(default=False)
     deleted_at: Mapped[datetime | None]
 
 
@@ -287,7 +290,11 @@ class IpAllocation(Base):
     """An address of a pool; held by an instance while ``instance_uuid`` is set."""
 
     __tablename__ = "ip_allocations"
-    __table_args__ = (sa.UniqueConstraint("pool", "address"),)
+    __table_args__ = (
+        sa.UniqueConstraint("pool", "address"),
+        # The pool's newest row, where the next allocation appends, in one look-up.
+        sa.Index("ix_ip_allocations_pool_id", "pool", "id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     pool: Mapped[str]

@@ -31,7 +31,7 @@ def test_upgrade_matches_models_and_downgrade_removes_everything(database_url: s
     assert migrate.current(database_url) is None
 
     migrate.upgrade(database_url)
-    assert migrate.current(database_url) == "0001"
+    assert migrate.current(database_url) == "0002"
     assert migrate.check(database_url) == []
     assert {"cells", "instances", "outbox", "link_cursors"} <= _tables(database_url)
 
@@ -40,7 +40,7 @@ def test_upgrade_matches_models_and_downgrade_removes_everything(database_url: s
     assert _tables(database_url) <= {"alembic_version"}
 
     migrate.upgrade(database_url)
-    assert migrate.current(database_url) == "0001"
+    assert migrate.current(database_url) == "0002"
     assert migrate.check(database_url) == []
 
 
