@@ -54,6 +54,13 @@ class Transport(memory.Transport):
     def __init__(self, client: Any, **kwargs: Any) -> None:
         super().__init__(client, **kwargs)
         self._event = threading.Event()
+        self._interrupted = False
+
+    def interrupt(self) -> None:
+        """End a :meth:`drain_events` waiting now (or the next one) with TimeoutError,
+        as if its timeout had passed: another thread has work for the draining one."""
+        self._interrupted = True
+        self._event.set()
 
     def _queues(self) -> set[str]:
         return {q for channel in self.channels for q in channel._active_queues}
@@ -75,6 +82,9 @@ class Transport(memory.Transport):
                     return
                 except Empty:
                     pass
+                if self._interrupted:
+                    self._interrupted = False
+                    raise TimeoutError
                 remaining = None if deadline is None else deadline - monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError

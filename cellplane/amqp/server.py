@@ -32,7 +32,8 @@ from cellplane.errors import CellplaneError, Code, InvalidArgument, Unavailable,
 
 DEFAULT_WORKERS = 4
 # Consumer-thread wake-ups: quickly while handlers run (their acks wait for
-# it), slowly when idle (only to notice stop()).
+# it), slowly when idle (only to notice stop()). A transport that can be
+# interrupted (memory://) is woken by each finished handler instead.
 _BUSY_POLL_SECONDS = 0.002
 _IDLE_POLL_SECONDS = 0.25
 _MIN_PREFETCH = 32
@@ -159,6 +160,8 @@ class RpcServer:
         self._publisher: Publisher | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._thread: threading.Thread | None = None
+        # Wakes the consumer thread's drain_events, where the transport can (memory://).
+        self._interrupt: Callable[[], None] | None = None
         control = messages.control_exchange(exchange)
         self._queues = [
             kombu.Queue(
@@ -296,6 +299,7 @@ class RpcServer:
         )
         consumer.qos(prefetch_count=self.prefetch)
         consumer.consume()
+        self._interrupt = getattr(self._conn.transport, "interrupt", None)
         return consumer
 
     def _run(self) -> None:
@@ -305,10 +309,9 @@ class RpcServer:
         while not self._stopping.is_set():
             if self._done:
                 self._flush_acks()
+            busy = self._inflight and self._interrupt is None
             try:
-                conn.drain_events(
-                    timeout=_BUSY_POLL_SECONDS if self._inflight else _IDLE_POLL_SECONDS
-                )
+                conn.drain_events(timeout=_BUSY_POLL_SECONDS if busy else _IDLE_POLL_SECONDS)
             except TimeoutError:
                 continue
             except errors as exc:
@@ -384,6 +387,8 @@ class RpcServer:
         if reply_to:
             self._reply(reply, reply_to, _field(body, "correlation_id"))
         self._done.append(message)
+        if self._interrupt is not None:
+            self._interrupt()  # the consumer thread acks it now
 
     def _reply(self, reply: messages.Body, reply_to: str, correlation_id: Any) -> None:
         assert self._publisher is not None

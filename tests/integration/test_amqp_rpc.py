@@ -255,3 +255,39 @@ def test_dropped_rabbitmq_connections_are_reestablished(rabbitmq_url: str) -> No
     finally:
         with connect(rabbitmq_url) as conn:
             conn.default_channel.queue_delete(topic)
+
+
+def test_memory_server_waits_for_a_slow_handler_without_polling(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On memory:// the consumer thread sleeps while a handler runs and is woken by
+    its end to ack it (it used to wake every 2 ms until then)."""
+    from cellplane.amqp import memory
+
+    drains = []
+    real = memory.Transport.drain_events
+
+    def counted(self: Any, connection: Any, timeout: float | None = None, **kw: Any) -> None:
+        drains.append(timeout)
+        real(self, connection, timeout=timeout, **kw)
+
+    monkeypatch.setattr(memory.Transport, "drain_events", counted)
+    topic = f"test_{uuid.uuid4().hex[:12]}"
+
+    def slow(value: int) -> int:
+        time.sleep(0.5)
+        return value
+
+    server = RpcServer("memory://", topic)
+    server.register("slow", slow)
+    server.start()
+    try:
+        with RpcClient("memory://") as client:
+            drains.clear()
+            assert client.call(topic, "slow", timeout=10, value=7) == 7
+        assert wait_for(lambda: not server._inflight), "the finished call was never acked"
+        assert len(drains) < 20, f"{len(drains)} wake-ups while one call ran"
+    finally:
+        server.stop()
+        with connect("memory://") as conn:
+            conn.default_channel.queue_delete(topic)

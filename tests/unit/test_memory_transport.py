@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -198,3 +199,54 @@ def test_many_publishes_from_a_thread_all_reach_a_draining_consumer(name: str) -
             conn.drain_events(timeout=WAIT)
         thread.join(WAIT)
     assert got.bodies == list(range(count))
+
+
+def test_interrupt_ends_a_waiting_drain_and_one_that_starts_later(name: str) -> None:
+    queue = kombu.Queue(name, kombu.Exchange(f"{name}_x", durable=False), durable=False)
+    got = Received()
+    with (
+        connect("memory://") as conn,
+        kombu.Consumer(conn.default_channel, queues=[queue], callbacks=[got]),
+    ):
+        transport = conn.transport
+
+        def interrupt_when_waiting() -> None:
+            for _ in range(int(WAIT / 0.005)):
+                if _waiting_on(name):
+                    break
+                threading.Event().wait(0.005)
+            transport.interrupt()
+
+        thread = threading.Thread(target=interrupt_when_waiting, daemon=True)
+        thread.start()
+        began = time.monotonic()
+        with pytest.raises(TimeoutError):
+            conn.drain_events(timeout=WAIT)  # ends on the interrupt, not after WAIT
+        thread.join(WAIT)
+        assert time.monotonic() - began < WAIT
+
+        transport.interrupt()  # before the drain: that drain ends at once
+        with pytest.raises(TimeoutError):
+            conn.drain_events(timeout=WAIT)
+        # Each interrupt ends one drain: the next one waits for its message again.
+        with pytest.raises(TimeoutError):
+            conn.drain_events(timeout=0.05)
+    assert got.bodies == []
+
+
+def test_an_interrupted_drain_still_delivers_a_waiting_message_first(name: str) -> None:
+    exchange = kombu.Exchange(f"{name}_x", type="direct", durable=False)
+    queue = kombu.Queue(name, exchange, routing_key=name, durable=False)
+    got = Received()
+    with (
+        connect("memory://") as conn,
+        kombu.Consumer(conn.default_channel, queues=[queue], callbacks=[got]),
+    ):
+        kombu.Producer(conn.default_channel).publish(
+            "m", exchange=exchange, routing_key=name, declare=[exchange]
+        )
+        conn.transport.interrupt()
+        conn.drain_events(timeout=WAIT)
+        assert got.bodies == ["m"]
+        with pytest.raises(TimeoutError):
+            conn.drain_events(timeout=WAIT)
