@@ -12,6 +12,7 @@ import grpc
 
 from cellplane.cli import admin, instances
 from cellplane.cli.logs import configure_logging
+from cellplane.cli.runtime import configure_runtime
 from cellplane.config import ROLES, load_config
 from cellplane.errors import CellplaneError
 
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cellplane`` console script."""
     opts = build_parser().parse_args(argv)
     configure_logging(opts.log_format, opts.log_level)
+    configure_runtime()
     try:
         return _dispatch(opts)
     except CellplaneError as exc:

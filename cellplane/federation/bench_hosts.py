@@ -224,9 +224,11 @@ class _Host:
 def main(fd: int) -> None:
     """Entry point of a host process: obey commands on socket ``fd`` until told to exit."""
     from cellplane.cli.logs import configure_logging
+    from cellplane.cli.runtime import configure_runtime
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the benchmark decides when hosts stop
     configure_logging("console", "warning")
+    configure_runtime()
     conn = Connection(fd)
     try:
         asyncio.run(_Host(conn).run())

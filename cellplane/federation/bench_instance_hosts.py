@@ -170,9 +170,11 @@ def host_main(fd: int) -> None:
     import signal
 
     from cellplane.cli.logs import configure_logging
+    from cellplane.cli.runtime import configure_runtime
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging("console", "warning")
+    configure_runtime()
     conn = Connection(fd)
 
     async def serve() -> None:

@@ -65,7 +65,9 @@ LAYOUTS = ("one-process", "multi-process")
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 LEAVES = ("leaf-a", "leaf-b")
-POLL = 0.005  # seconds between looks at the API cell's database
+# Seconds between looks at the API cell's database. The watcher shares the API
+# cell's process (and interpreter lock): looking more often costs the API more.
+POLL = 0.01
 LATE_COMMIT = 60.0  # seconds a change log row may commit after higher revisions
 PUSH_INSTANCES = 100  # instances per leaf changed by the push benchmark
 
@@ -211,6 +213,13 @@ class _CpuMeter:
 # --- watching the top ------------------------------------------------------------------
 
 
+_CHANGED_SINCE = sa.text(
+    "SELECT c.revision, i.uuid, i.vm_state FROM instance_changes c"
+    " JOIN instances i ON i.uuid = c.instance_uuid"
+    " WHERE c.revision > :low ORDER BY c.revision"
+)
+
+
 class _TopWatcher:
     """Polls the API cell's database on a thread of its own and notes when things appear."""
 
@@ -244,11 +253,7 @@ class _TopWatcher:
                 del self._gaps[revision]
         low = min(self._gaps, default=self.revision + 1) - 1
         rows = conn.execute(
-            sa.text(
-                "SELECT c.revision, i.uuid, i.vm_state FROM instance_changes c"
-                " JOIN instances i ON i.uuid = c.instance_uuid"
-                " WHERE c.revision > :low ORDER BY c.revision"
-            ),
+            _CHANGED_SINCE,
             {"low": low},
         ).all()
         for revision, uuid, vm_state in rows:
