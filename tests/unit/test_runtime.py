@@ -26,6 +26,8 @@ def test_the_young_generation_grows_and_the_ratios_stay() -> None:
     assert gc.isenabled()
 
 
-def test_a_cli_command_runs_with_it(tmp_path: Path) -> None:
+def test_a_cli_command_runs_with_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Logging set-up is global (and cached by structlog): other tests capture logs.
+    monkeypatch.setattr(cli_main, "configure_logging", lambda *args: None)
     assert cli_main.main(["certs", "create", "--out", str(tmp_path), "api"]) == 0
     assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, 10, 10)
