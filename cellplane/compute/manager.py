@@ -31,7 +31,13 @@ from cellplane.compute.driver import FakeDriver
 from cellplane.compute.resources import flavor_spec, release
 from cellplane.compute.steps import STEPS, HostContext, Run
 from cellplane.config import ComputeConfig, HostConfig
-from cellplane.db.instances import InstanceChanges, InstanceRow, record_event, record_events
+from cellplane.db.instances import (
+    InstanceChanges,
+    InstanceRow,
+    record_event,
+    record_events,
+    snapshots,
+)
 from cellplane.db.models import Instance, utcnow
 from cellplane.errors import (
     CellplaneError,
@@ -171,7 +177,7 @@ class ComputeManager:
         requests = {str(b["instance_uuid"]): str(b.get("request_id", "")) for b in builds}
         host = self.host.name
         with self._sessions() as session:
-            rows = {i.uuid: i for i in self._changes.get_many(session, list(requests))}
+            rows = snapshots(session, list(requests))  # Core rows: JSON columns as text
             if image_properties is None and rows:
                 image_properties = steps.image_properties(
                     session, next(iter(rows.values())).image_id
@@ -205,11 +211,12 @@ class ComputeManager:
         return [results[u] for u in requests if u in results]
 
     def _build_batch(
-        self, batch: list[Instance], requests: dict[str, str], properties: dict[str, Any]
+        self, batch: list[InstanceRow], requests: dict[str, str], properties: dict[str, Any]
     ) -> dict[str, dict[str, Any]]:
         host = self.host.name
         results: dict[str, dict[str, Any]] = {}
         failed: dict[str, Exception] = {}
+        flavors = {i.uuid: json.loads(i.flavor) for i in batch}  # stored text (InstanceRow)
         try:
             addresses, refused = self._network.allocate_for_instances([i.uuid for i in batch])
         except Exception as exc:
@@ -239,7 +246,7 @@ class ComputeManager:
             try:
                 if instance.uuid not in running:  # else spawned before a redelivery
                     self._driver.spawn(
-                        instance.uuid, dict(instance.flavor), instance.image_id, properties
+                        instance.uuid, flavors[instance.uuid], instance.image_id, properties
                     )
                 spawned.append(instance)
             except Exception as exc:
@@ -278,7 +285,7 @@ class ComputeManager:
         by_uuid = {i.uuid: i for i in batch}
         for uuid, error in failed.items():
             instance = by_uuid[uuid]
-            spec = flavor_spec(instance.flavor_id, dict(instance.flavor))
+            spec = flavor_spec(instance.flavor_id, flavors[uuid])
             results[uuid] = self._fail_build(uuid, requests[uuid], spec, error)
         return results
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import JSON, Row, Table, Text, bindparam, insert, inspect, select
+from sqlalchemy import JSON, Row, Table, Text, bindparam, inspect, select
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
@@ -65,6 +65,15 @@ _SNAPSHOT_IN = select(*_SNAPSHOT_COLUMNS).where(
     _INSTANCES.c.uuid.in_(bindparam("uuids", expanding=True))
 )
 _SNAPSHOT_LIVE_IN = _SNAPSHOT_IN.where(_INSTANCES.c.deleted.is_(False))
+# What the ORM's column defaults would give a new instance (see create_many), apart
+# from the version and timestamps; absent nullable columns are NULL.
+_CREATE_DEFAULTS: dict[str, Any] = {
+    "power_state": 0,
+    "flavor": {},
+    "metadata_": {},
+    "addresses": [],
+    "deleted": False,
+}
 # An instance as update_many gives it back: a Core row with the ORM's attribute names,
 # whose JSON columns (flavor, metadata_, addresses) are their stored text.
 InstanceRow = Row[Any]
@@ -135,11 +144,27 @@ class InstanceChanges:
     def create_many(
         self, session: Session, instances: Sequence[dict[str, Any]]
     ) -> list[InstanceRow]:
-        """:meth:`create` for many instances, given as their attribute values: one
-        INSERT, one read back, one go at the pushes; the rows in the given order."""
+        """:meth:`create` for many instances, given as their attribute values (ORM
+        names, JSON decoded; what is left out gets the column's default): one INSERT
+        straight to the driver, one read back, one go at the pushes; the rows in the
+        given order."""
         if not instances:
             return []
-        session.execute(insert(Instance), [{**values, "version": 1} for values in instances])
+        now = utcnow()
+        keys = list(dict.fromkeys(key for values in instances for key in values))
+        keys += [key for key in _CREATE_DEFAULTS if key not in keys]
+        insert_rows(
+            session,
+            [
+                {
+                    **{key: values.get(key, _CREATE_DEFAULTS.get(key)) for key in keys},
+                    "version": 1,
+                    "created_at": values.get("created_at") or now,
+                    "updated_at": values.get("updated_at") or now,
+                }
+                for values in instances
+            ],
+        )
         uuids = [values["uuid"] for values in instances]
         loaded = snapshots(session, uuids)
         rows = [loaded[uuid] for uuid in uuids]

@@ -109,3 +109,45 @@ def test_a_missing_or_deleted_instance_is_not_found(tmp_path: Path) -> None:
         changes.update(session, "no-such-uuid", power_state=4)
     with sessions() as session:
         assert changes.get(session, UUIDS[0]).version == 1
+
+
+def test_create_many_writes_what_create_does_and_the_same_pushes(tmp_path: Path) -> None:
+    """Instances given with only what a caller must give get the model's defaults,
+    version 1 and one outbox row per parent, as ORM ``create`` gives them."""
+    from cellplane.db.instances import _CREATE_DEFAULTS
+
+    changes, sessions = _cell(tmp_path, "cell")
+    given = {
+        "name": "vm-9", "project_id": "p", "user_id": "u", "flavor_id": "1",
+        "flavor": {"id": "1"}, "image_id": "img", "vm_state": "active", "task_state": None,
+        "host": "h", "node": "h", "cell_path": "cell",
+    }  # fmt: skip
+    new = "00000000-0000-4000-8000-000000000009"
+    with sessions.begin() as session:
+        [row] = changes.create_many(session, [{"uuid": new, **given}])
+    assert row.uuid == new and row.version == 1
+
+    def columns(uuid: str) -> dict[str, Any]:
+        with sessions() as session:
+            instance = session.scalar(select(Instance).where(Instance.uuid == uuid))
+            assert instance is not None
+            return {
+                a.key: getattr(instance, a.key)
+                for a in Instance.__mapper__.column_attrs
+                if a.key not in ("id", "uuid", "name", "created_at", "updated_at")
+            }
+
+    assert columns(new) == columns(UUIDS[0])  # made by ORM create with the same values
+    with sessions() as session:
+        pushed = session.scalars(select(OutboxEntry).where(OutboxEntry.instance_uuid == new)).all()
+        assert sorted(e.peer for e in pushed) == sorted(PARENTS)
+        assert {e.version for e in pushed} == {1}
+        created = session.scalar(select(Instance).where(Instance.uuid == new))
+        assert created is not None and created.created_at == created.updated_at
+    # Every column default the ORM has, apart from the version and timestamps, is here.
+    defaults = {
+        a.key
+        for a in Instance.__mapper__.column_attrs
+        if a.columns[0].default is not None and a.key not in ("version", "created_at", "updated_at")
+    }
+    assert defaults == set(_CREATE_DEFAULTS)
