@@ -36,6 +36,7 @@ from typing import Any
 
 import grpc
 
+from cellplane.cli.runtime import event_loop_name
 from cellplane.errors import CellplaneError
 from cellplane.federation import envelopes
 from cellplane.federation.bench_hosts import (
@@ -92,6 +93,7 @@ async def _run(hosts: list[_HostProcess], tmp: Path, n: int, cells: int, rounds:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "grpc": grpc.__version__,
+            "loop": event_loop_name(),
         }
     )
     return rows

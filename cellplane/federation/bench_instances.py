@@ -38,6 +38,7 @@ from typing import Any
 import grpc
 import sqlalchemy as sa
 
+from cellplane.cli.runtime import event_loop_name
 from cellplane.config import (
     API_CELL_ROLES,
     COMPUTE_CELL_ROLES,
@@ -80,6 +81,7 @@ def machine_row() -> Row:
         "python": platform.python_version(),
         "grpc": grpc.__version__,
         "sqlalchemy": sa.__version__,
+        "loop": event_loop_name(),
     }
 
 
