@@ -359,3 +359,24 @@ def test_an_action_recorded_after_the_pushes_that_ended_it_is_finished(tmp_path:
     with sessions.begin() as session:
         receiver.apply_update(session, _instance(U2, 3))
     assert _state(sessions)["actions"] == {U1: True, U2: True}
+
+
+def test_a_build_answer_places_only_what_no_push_placed_yet(tmp_path: Path) -> None:
+    from cellplane.api.view import NewInstance
+
+    receiver, sessions = _receiver(tmp_path, "api")
+    view = ApiView(sessions)
+    new = NewInstance(
+        name="vm", project_id="p", user_id="u", flavor={"id": "1"}, image_id="img",
+        availability_zone=None, metadata={},
+    )  # fmt: skip
+    made, _ = view.create("p", "", "req-1", [new, new, new])
+    first, second, third = (row.uuid for row in made)
+    # A push from the owning cell reached the top before the build's answer.
+    pushed = _instance(first, 1)
+    with sessions.begin() as session:
+        receiver.apply_update(session, pushed)
+    rows = view.placed([third, "00000000-0000-4000-8000-0000000000ff", first, second], "mid")
+    assert [row.uuid for row in rows] == [third, first, second]  # given order, no unknown
+    assert [row.cell_path for row in rows] == ["mid", f"api!{pushed.cell_path}", "mid"]
+    assert rows[1].version == 1 and rows[0].version == 0
