@@ -19,6 +19,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from test_multiprocess import free_port
 
 from cellplane.v1 import compute_pb2, compute_pb2_grpc, types_pb2
 
@@ -28,14 +29,6 @@ CIRROS = "5f6a1c0e-0000-4000-8000-000000000001"
 REQUIRE = os.environ.get("CELLPLANE_REQUIRE_SERVICES") == "1"
 WAIT = 30.0
 CLIENT_TIMEOUT = 30  # seconds the client polls for ACTIVE (the demo spawns in 1 s)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -57,7 +50,7 @@ def node() -> str:
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[str]:
     """The demo federation in a subprocess; yields the API cell's address."""
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     log = tmp_path / "demo.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CELLPLANE_")}
     argv = [sys.executable, "-m", "cellplane.cli.main", "serve", "--listen", address]
