@@ -2,7 +2,9 @@
 
 The loader reads an optional TOML file, then ``CELLPLANE_*`` environment
 variables (which win), validates everything, and returns a :class:`CellConfig`.
-Nothing else in cellplane reads the environment. An invalid value is refused
+Apart from the command line's own two (``CELLPLANE_TOKEN``, the caller's bearer
+token, and ``CELLPLANE_EVENT_LOOP``, see :mod:`cellplane.cli.runtime`), nothing
+else in cellplane reads the environment. An invalid value is refused
 with :class:`~cellplane.errors.ConfigError` naming the key and the problem.
 
 A file looks like::
