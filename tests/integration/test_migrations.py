@@ -75,3 +75,40 @@ def test_concurrent_upgrades_of_one_sqlite_file_all_succeed(tmp_path: Path) -> N
 def test_concurrent_upgrades_on_postgresql_all_succeed(postgres_url: str) -> None:
     _upgrade_concurrently(postgres_url)
     assert migrate.check(postgres_url) == []
+
+
+def test_a_database_of_the_first_schema_upgrades_with_its_rows(database_url: str) -> None:
+    """0001 -> 0002 (the look-up indexes) and back keep what the tables hold."""
+    migrate.upgrade(database_url, "0001")
+    engine = create_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO instances (uuid, name, project_id, user_id, flavor_id, flavor,"
+                    " image_id, vm_state, power_state, cell_path, version, metadata, addresses,"
+                    " created_at, updated_at, deleted) VALUES ('u1', 'vm', 'p', 'u', '1', '{}',"
+                    " 'img', 'active', 1, 'cell', 3, '{}', '[]', :now, :now, false)"
+                ),
+                {"now": "2026-11-29 00:00:00"},
+            )
+            connection.execute(
+                sa.text(
+                    "INSERT INTO ip_allocations (pool, address, instance_uuid)"
+                    " VALUES ('private', '10.0.0.2', 'u1')"
+                )
+            )
+        migrate.upgrade(database_url)
+        assert migrate.current(database_url) == "0002"
+        assert migrate.check(database_url) == []
+        migrate.downgrade(database_url, "0001")
+        assert migrate.current(database_url) == "0001"
+        migrate.upgrade(database_url)
+        with engine.connect() as connection:
+            held = connection.execute(
+                sa.text("SELECT i.version, a.address FROM instances i JOIN ip_allocations a"
+                        " ON a.instance_uuid = i.uuid")
+            ).all()  # fmt: skip
+        assert [tuple(row) for row in held] == [(3, "10.0.0.2")]
+    finally:
+        engine.dispose()
