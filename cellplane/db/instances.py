@@ -233,6 +233,7 @@ class InstanceChanges:
         now = utcnow()
         instance.deleted, instance.deleted_at, instance.terminated_at = True, now, now
         instance.vm_state, instance.task_state = "deleted", None
+        instance.power_state = 0  # NOSTATE: nothing runs any more
         instance.version += 1
         session.flush()
         self.on_change(session, instance, "destroy", None)

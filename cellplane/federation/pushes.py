@@ -184,6 +184,7 @@ def apply_pushes(
                 terminated_at=now,
                 vm_state="deleted",
                 task_state=None,
+                power_state=0,  # NOSTATE, as the owning cell's destroy leaves it
                 version=msg.version,
                 updated_at=now,
             )

@@ -378,6 +378,7 @@ def test_lifecycle_of_an_instance_in_the_deepest_cell(tmp_path: Path) -> None:
         await tree.deleted(uuid)
         final = await tree.get(uuid)
         assert final.version > version
+        assert final.power_state == POWER.POWER_STATE_UNSPECIFIED  # no state: nothing runs
         assert not cell_rows(owner, IpAllocation, IpAllocation.instance_uuid == uuid)
         for node in cell_rows(owner, ComputeNode):
             assert (node.vcpus_used, node.memory_mb_used, node.local_gb_used) == (0, 0, 0), node
