@@ -33,8 +33,12 @@ from cellplane.errors import CellplaneError, Code, InvalidArgument, Unavailable,
 DEFAULT_WORKERS = 4
 # Consumer-thread wake-ups: quickly while handlers run (their acks wait for
 # it), slowly when idle (only to notice stop()). A transport that can be
-# interrupted (memory://) is woken by each finished handler instead.
+# interrupted (memory://) wakes less often while handlers run, and at once when
+# finished handlers' acks fill half the prefetch window: waking it after every
+# handler made it compete with the reply's delivery (a sequential call took
+# about 50 us longer).
 _BUSY_POLL_SECONDS = 0.002
+_INTERRUPTIBLE_BUSY_POLL_SECONDS = 0.01
 _IDLE_POLL_SECONDS = 0.25
 _MIN_PREFETCH = 32
 
@@ -146,6 +150,7 @@ class RpcServer:
         # Acks wait for the consumer thread; a deep window keeps the broker
         # sending while they do.
         self.prefetch = max(_MIN_PREFETCH, workers * 8)
+        self._ack_batch = self.prefetch // 2
         self._methods: dict[str, _Method] = {}
         for endpoint in endpoints:
             self.add_endpoint(endpoint)
@@ -309,9 +314,14 @@ class RpcServer:
         while not self._stopping.is_set():
             if self._done:
                 self._flush_acks()
-            busy = self._inflight and self._interrupt is None
+            if not self._inflight:
+                timeout = _IDLE_POLL_SECONDS
+            elif self._interrupt is None:
+                timeout = _BUSY_POLL_SECONDS
+            else:
+                timeout = _INTERRUPTIBLE_BUSY_POLL_SECONDS
             try:
-                conn.drain_events(timeout=_BUSY_POLL_SECONDS if busy else _IDLE_POLL_SECONDS)
+                conn.drain_events(timeout=timeout)
             except TimeoutError:
                 continue
             except errors as exc:
@@ -387,8 +397,8 @@ class RpcServer:
         if reply_to:
             self._reply(reply, reply_to, _field(body, "correlation_id"))
         self._done.append(message)
-        if self._interrupt is not None:
-            self._interrupt()  # the consumer thread acks it now
+        if self._interrupt is not None and len(self._done) >= self._ack_batch:
+            self._interrupt()  # the consumer thread acks them now
 
     def _reply(self, reply: messages.Body, reply_to: str, correlation_id: Any) -> None:
         assert self._publisher is not None
