@@ -429,7 +429,9 @@ class Cell:
         if self._phase is _Phase.RUNNING:
             task = asyncio.ensure_future(asyncio.to_thread(store))
             self._tasks.append(task)
-        if channel.relation is Relation.PARENT and state == "up":
+        if channel.relation is Relation.CHILD or state == "up":
+            # A parent that came up gets a report at once; every parent hears soon
+            # that a child went away or came back (CapacityReport.unreachable).
             self.state.changed()
 
     # --- handlers ------------------------------------------------------------------

@@ -33,7 +33,6 @@ from cellplane.errors import (
     from_status,
 )
 from cellplane.federation import codec, envelopes, paths
-from cellplane.federation.channel import LinkState, Relation
 from cellplane.v1 import compute_pb2, compute_pb2_grpc, link_pb2, types_pb2
 
 if TYPE_CHECKING:
@@ -404,16 +403,21 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
         return response
 
     def _reachability(self, cell_paths: set[str]) -> list[compute_pb2.CellReachability]:
+        """Every cell of ``cell_paths``, every child, and every cell below that a child
+        reports it cannot reach: whether it can be reached as far as this cell knows
+        (``mute`` and ``last_seen`` are this cell's own view of its children)."""
         out = []
+        state = self.cell.state
         children = {c.peer: c for c in self.cell.neighbours.children()}
         cell_paths.update(paths.join(self.cell.name, name) for name in children)
+        cell_paths.update(paths.join(self.cell.name, p) for p in state.unreachable_below())
         for path in sorted(cell_paths):
             hops = paths.hops(path)
             child = children.get(hops[1]) if len(hops) > 1 else None
-            mute = child is not None and self.cell.state.is_mute(child.peer)
-            reachable = child is not None and child.state is LinkState.UP and not mute
+            mute = child is not None and len(hops) == 2 and state.is_mute(child.peer)
+            reachable = child is not None and state.reachable(path)
             item = compute_pb2.CellReachability(cell_path=path, reachable=reachable, mute=mute)
-            if child is not None and child.last_seen:
+            if child is not None and len(hops) == 2 and child.last_seen:
                 item.last_seen.FromNanoseconds(int(child.last_seen * 1e9))
             out.append(item)
         return out
@@ -427,15 +431,7 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
         return out
 
     def _cell_reachable(self, cell_path: str) -> bool:
-        hops = paths.hops(cell_path)
-        if len(hops) < 2:
-            return True
-        channel = self.cell.neighbours.get(hops[1], Relation.CHILD)
-        return (
-            channel is not None
-            and channel.state is LinkState.UP
-            and not self.cell.state.is_mute(hops[1])
-        )
+        return self.cell.state.reachable(cell_path)
 
     # --- actions ---------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cellplane.db.models import Cell, ComputeNode, Flavor, utcnow
 from cellplane.federation import paths
+from cellplane.federation.channel import LinkState, Relation
 from cellplane.federation.dispatch import Delivery
 from cellplane.federation.neighbours import Neighbours
 from cellplane.v1 import link_pb2, types_pb2
@@ -40,6 +41,8 @@ class ChildReport:
     received_at: float = 0.0
     capacity_at: float = 0.0  # when ``capacity`` arrived
     mute: bool = False
+    # Cells below the child that it cannot reach, as paths from the child (its name left out).
+    unreachable: frozenset[str] = frozenset()
 
 
 def own_capacity(
@@ -156,6 +159,38 @@ class StateManager:
             add_capacity(total, report.capacity)
         return total
 
+    def unreachable_below(self) -> list[str]:
+        """Cells below this one it cannot reach now, as paths from here (this cell's
+        name left out): children whose link is down or that are mute, and what the
+        reachable children report of their own subtrees."""
+        out: list[str] = []
+        for channel in self.neighbours.children():
+            if channel.state is not LinkState.UP or self.is_mute(channel.peer):
+                out.append(channel.peer)
+                continue
+            report = self.children.get(channel.peer)
+            if report is not None:
+                out.extend(paths.join(channel.peer, path) for path in report.unreachable)
+        return sorted(out)
+
+    def reachable(self, path: str) -> bool:
+        """Whether the cell at ``path`` (from this cell, its name first) can be reached
+        as far as this cell knows: every hop's link up and not mute, for the hops below
+        a child as that child last reported."""
+        hops = paths.hops(path)
+        if len(hops) < 2:
+            return True
+        channel = self.neighbours.get(hops[1], Relation.CHILD)
+        if channel is None or channel.state is not LinkState.UP or self.is_mute(hops[1]):
+            return False
+        report = self.children.get(hops[1])
+        if report is None or not report.unreachable:
+            return True
+        below = hops[2:]
+        return not any(
+            paths.join(*below[:depth]) in report.unreachable for depth in range(1, len(below) + 1)
+        )
+
     def changed(self) -> None:
         """Something changed: report soon."""
         self._changed.set()
@@ -184,7 +219,12 @@ class StateManager:
             capabilities=capability_list(self.subtree_capabilities()),
             reported_at=stamp,
         )
-        cap = link_pb2.CapacityReport(cell_path=self.name, capacity=capacity, reported_at=stamp)
+        cap = link_pb2.CapacityReport(
+            cell_path=self.name,
+            capacity=capacity,
+            reported_at=stamp,
+            unreachable=self.unreachable_below(),
+        )
         for channel in self.neighbours.parents():
             target = paths.join(self.name, channel.peer)
             self.send_up(target, {"capability_report": caps})
@@ -208,6 +248,10 @@ class StateManager:
         report = self._child(child)
         report.capacity = env.capacity_report.capacity
         report.capacity_at = report.received_at
+        unreachable = frozenset(env.capacity_report.unreachable)
+        if unreachable != report.unreachable:
+            report.unreachable = unreachable
+            self.log.info("child_reports_unreachable", child=child, cells=sorted(unreachable))
         data = _capacity_dict(report.capacity)
         delivery.db_work.append(lambda s: _store(s, child, capacities=data))
         self.changed()

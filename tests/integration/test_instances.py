@@ -437,6 +437,31 @@ def test_an_action_on_an_unreachable_cell_is_unavailable(tmp_path: Path) -> None
         error = await rpc_error(tree.stub.StopInstance(request, metadata=ADMIN, timeout=5))
         assert error.code() == grpc.StatusCode.UNAVAILABLE, error
 
+        # eu-west's next report tells the API cell, two levels up: a listing shows the
+        # cell unreachable and the instance's copy stale, and the API cell refuses the
+        # action itself.
+        def reported_unreachable() -> bool:
+            report = tree.api.state.children.get("eu-west")
+            return report is not None and "eu-west-a" in report.unreachable
+
+        await eventually(reported_unreachable, "eu-west reporting eu-west-a unreachable")
+        cells = {c.cell_path: c for c in (await tree.list_all()).cells}
+        assert cells["api!eu-west!eu-west-a"].reachable is False, cells
+        assert cells["api!eu-west"].reachable is True, cells
+        assert (await tree.get(created.uuid)).stale
+        error = await rpc_error(tree.stub.StopInstance(request, metadata=ADMIN, timeout=5))
+        assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+        assert "api!eu-west!eu-west-a" in (error.details() or ""), error
+
+        # Back again: reachable, and the copy current.
+        restarted = Cell(tree.configs["eu-west-a"])
+        await restarted.start()
+        tree.cells["eu-west-a"] = restarted
+        await eventually(lambda: not reported_unreachable(), "eu-west reporting eu-west-a back")
+        cells = {c.cell_path: c for c in (await tree.list_all()).cells}
+        assert cells["api!eu-west!eu-west-a"].reachable is True, cells
+        assert not (await tree.get(created.uuid)).stale
+
         # The whole branch is down: the API cell knows without asking.
         await tree.cells["eu-west"].stop(grace=0.2)
         error = await rpc_error(tree.stub.StopInstance(request, metadata=ADMIN, timeout=5))
