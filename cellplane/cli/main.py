@@ -12,7 +12,7 @@ import grpc
 
 from cellplane.cli import admin, instances
 from cellplane.cli.logs import configure_logging
-from cellplane.cli.runtime import configure_runtime
+from cellplane.cli.runtime import EVENT_LOOPS, configure_runtime
 from cellplane.config import ROLES, load_config
 from cellplane.errors import CellplaneError
 
@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--token",
         default=os.environ.get("CELLPLANE_TOKEN", ""),
         help="bearer token for the API (default: $CELLPLANE_TOKEN)",
+    )
+    parser.add_argument(
+        "--event-loop",
+        choices=EVENT_LOOPS,
+        default=os.environ.get("CELLPLANE_EVENT_LOOP", "uvloop"),
+        help="asyncio event loop of this process (default: $CELLPLANE_EVENT_LOOP or uvloop)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -66,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cellplane`` console script."""
     opts = build_parser().parse_args(argv)
     configure_logging(opts.log_format, opts.log_level)
-    configure_runtime()
+    configure_runtime(opts.event_loop)
     try:
         return _dispatch(opts)
     except CellplaneError as exc:

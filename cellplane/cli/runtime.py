@@ -13,26 +13,29 @@ cyclic garbage is still freed, later.
 **Event loop.** Cells run on uvloop's event loop where it is installed (libuv
 in C instead of asyncio's loop in Python): gRPC's asyncio stack calls back into
 the loop several times per call and per stream message, and those callbacks
-cost about a tenth less. ``CELLPLANE_EVENT_LOOP=asyncio`` keeps asyncio's own.
+cost about a tenth less. ``cellplane --event-loop asyncio`` (or
+``CELLPLANE_EVENT_LOOP=asyncio``, read by the command line) keeps asyncio's own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import os
 
 # Container objects allocated (net of frees) between young collections.
 GC_YOUNG_THRESHOLD = 10_000
-EVENT_LOOP_ENV = "CELLPLANE_EVENT_LOOP"
+EVENT_LOOPS = ("uvloop", "asyncio")
 
 
-def configure_runtime() -> str:
-    """Set the collector's thresholds (keeping its ratios) and the event loop for a
-    server process; returns the event loop's name ("uvloop" or "asyncio")."""
+def configure_runtime(event_loop: str = "uvloop") -> str:
+    """Set the collector's thresholds (keeping its ratios) and the event loop
+    (``event_loop``, one of EVENT_LOOPS) for a server process; returns the loop it got
+    ("asyncio" when uvloop is asked for but not installed)."""
+    if event_loop not in EVENT_LOOPS:
+        raise ValueError(f"event loop must be one of {', '.join(EVENT_LOOPS)}, not {event_loop!r}")
     _, middle, old = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
-    if os.environ.get(EVENT_LOOP_ENV, "uvloop") != "asyncio":
+    if event_loop == "uvloop":
         try:
             import uvloop
         except ImportError:  # not built for this platform: asyncio's loop serves

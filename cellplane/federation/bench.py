@@ -336,7 +336,7 @@ class _HostProcess:
         ours, theirs = socket.socketpair()
         with theirs:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", _HOST_MAIN, str(theirs.fileno())],
+                [sys.executable, "-c", _HOST_MAIN, str(theirs.fileno()), event_loop_name()],
                 pass_fds=(theirs.fileno(),),
                 # Ctrl-C is for this process: it stops the hosts itself (and a host
                 # whose socket closes stops on its own).
@@ -371,7 +371,10 @@ class _HostProcess:
             self._conn.close()
 
 
-_HOST_MAIN = "import sys; from cellplane.federation.bench_hosts import main; main(int(sys.argv[1]))"
+_HOST_MAIN = (
+    "import sys; from cellplane.federation.bench_hosts import main; "
+    "main(int(sys.argv[1]), sys.argv[2])"
+)
 
 
 def _close(hosts: list[_HostProcess]) -> None:

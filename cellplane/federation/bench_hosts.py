@@ -221,14 +221,15 @@ class _Host:
             await server.stop(0.2)
 
 
-def main(fd: int) -> None:
-    """Entry point of a host process: obey commands on socket ``fd`` until told to exit."""
+def main(fd: int, event_loop: str = "uvloop") -> None:
+    """Entry point of a host process: obey commands on socket ``fd`` until told to exit,
+    on ``event_loop`` (the benchmark's own)."""
     from cellplane.cli.logs import configure_logging
     from cellplane.cli.runtime import configure_runtime
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the benchmark decides when hosts stop
     configure_logging("console", "warning")
-    configure_runtime()
+    configure_runtime(event_loop)
     conn = Connection(fd)
     try:
         asyncio.run(_Host(conn).run())

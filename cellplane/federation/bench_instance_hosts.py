@@ -19,6 +19,7 @@ import uuid as uuidlib
 from multiprocessing.connection import Connection
 from typing import Any
 
+from cellplane.cli.runtime import event_loop_name
 from cellplane.config import CellConfig
 from cellplane.errors import CellplaneError
 from cellplane.federation.bench_hosts import recv, wait_links_up
@@ -115,7 +116,7 @@ class HostProcess:
         ours, theirs = socket.socketpair()
         with theirs:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", _HOST_MAIN, str(theirs.fileno())],
+                [sys.executable, "-c", _HOST_MAIN, str(theirs.fileno()), event_loop_name()],
                 pass_fds=(theirs.fileno(),),
                 start_new_session=True,
             )
@@ -161,12 +162,13 @@ class HostProcess:
 
 _HOST_MAIN = (
     "import sys; from cellplane.federation.bench_instance_hosts import host_main; "
-    "host_main(int(sys.argv[1]))"
+    "host_main(int(sys.argv[1]), sys.argv[2])"
 )
 
 
-def host_main(fd: int) -> None:
-    """Entry point of a host process: obey commands on socket ``fd`` until told to exit."""
+def host_main(fd: int, event_loop: str = "uvloop") -> None:
+    """Entry point of a host process: obey commands on socket ``fd`` until told to exit,
+    on ``event_loop`` (the benchmark's own)."""
     import signal
 
     from cellplane.cli.logs import configure_logging
@@ -174,7 +176,7 @@ def host_main(fd: int) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging("console", "warning")
-    configure_runtime()
+    configure_runtime(event_loop)
     conn = Connection(fd)
 
     async def serve() -> None:
