@@ -413,25 +413,22 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
         cell_paths.update(paths.join(self.cell.name, p) for p in state.unreachable_below())
         for path in sorted(cell_paths):
             hops = paths.hops(path)
-            child = children.get(hops[1]) if len(hops) > 1 else None
-            mute = child is not None and len(hops) == 2 and state.is_mute(child.peer)
-            reachable = child is not None and state.reachable(path)
+            reachable = len(hops) > 1 and hops[1] in children and state.reachable(path)
+            child = children.get(hops[1]) if len(hops) == 2 else None  # a child itself
+            mute = child is not None and state.is_mute(child.peer)
             item = compute_pb2.CellReachability(cell_path=path, reachable=reachable, mute=mute)
-            if child is not None and len(hops) == 2 and child.last_seen:
+            if child is not None and child.last_seen:
                 item.last_seen.FromNanoseconds(int(child.last_seen * 1e9))
             out.append(item)
         return out
 
     def _to_proto(self, row: ViewRow, fault: Any = None) -> types_pb2.Instance:
         out = codec.instance_to_proto(row)
-        if row.cell_path and not self._cell_reachable(row.cell_path):
+        if row.cell_path and not self.cell.state.reachable(row.cell_path):
             out.stale = True
         if fault is not None:
             out.fault.CopyFrom(codec.fault_to_proto(fault))
         return out
-
-    def _cell_reachable(self, cell_path: str) -> bool:
-        return self.cell.state.reachable(cell_path)
 
     # --- actions ---------------------------------------------------------------------
 
@@ -445,7 +442,7 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
         if not row.cell_path:
             raise CellUnavailable(f"instance {row.uuid} is not in any cell yet")
         hops = paths.hops(row.cell_path)
-        if len(hops) > 1 and not self._cell_reachable(row.cell_path):
+        if not self.cell.state.reachable(row.cell_path):
             raise CellUnavailable(
                 f"cell {row.cell_path} of instance {row.uuid} is unreachable or mute"
             )

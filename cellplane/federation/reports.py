@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cellplane.db.models import Cell, ComputeNode, Flavor, utcnow
 from cellplane.federation import paths
-from cellplane.federation.channel import LinkState, Relation
+from cellplane.federation.channel import LinkState, PeerChannel, Relation
 from cellplane.federation.dispatch import Delivery
 from cellplane.federation.neighbours import Neighbours
 from cellplane.v1 import link_pb2, types_pb2
@@ -165,7 +165,7 @@ class StateManager:
         reachable children report of their own subtrees."""
         out: list[str] = []
         for channel in self.neighbours.children():
-            if channel.state is not LinkState.UP or self.is_mute(channel.peer):
+            if self._cut_off(channel):
                 out.append(channel.peer)
                 continue
             report = self.children.get(channel.peer)
@@ -181,7 +181,7 @@ class StateManager:
         if len(hops) < 2:
             return True
         channel = self.neighbours.get(hops[1], Relation.CHILD)
-        if channel is None or channel.state is not LinkState.UP or self.is_mute(hops[1]):
+        if channel is None or self._cut_off(channel):
             return False
         report = self.children.get(hops[1])
         if report is None or not report.unreachable:
@@ -190,6 +190,9 @@ class StateManager:
         return not any(
             paths.join(*below[:depth]) in report.unreachable for depth in range(1, len(below) + 1)
         )
+
+    def _cut_off(self, child: PeerChannel) -> bool:
+        return child.state is not LinkState.UP or self.is_mute(child.peer)
 
     def changed(self) -> None:
         """Something changed: report soon."""

@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import kombu
@@ -49,8 +49,8 @@ def _waiting_on(queue: str) -> bool:
         return bool(memory._waiting.get(queue))
 
 
-def _publish_when_waiting(queues: list[str], exchange: kombu.Exchange, routing_key: str, body: Any):
-    """A thread that publishes ``body`` once a consumer waits on every one of ``queues``."""
+def _when_waiting(queues: list[str], act: Callable[[], None]):
+    """A thread that calls ``act`` once a consumer waits on every one of ``queues``."""
     failures: list[BaseException] = []
 
     def run() -> None:
@@ -62,16 +62,25 @@ def _publish_when_waiting(queues: list[str], exchange: kombu.Exchange, routing_k
                     break
                 ready.wait(0.005)
             assert ready.is_set(), f"no consumer started waiting on {queues}"
-            with connect("memory://") as conn:
-                kombu.Producer(conn.default_channel).publish(
-                    body, exchange=exchange, routing_key=routing_key, declare=[exchange]
-                )
+            act()
         except BaseException as exc:
             failures.append(exc)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread, failures
+
+
+def _publish_when_waiting(queues: list[str], exchange: kombu.Exchange, routing_key: str, body: Any):
+    """A thread that publishes ``body`` once a consumer waits on every one of ``queues``."""
+
+    def publish() -> None:
+        with connect("memory://") as conn:
+            kombu.Producer(conn.default_channel).publish(
+                body, exchange=exchange, routing_key=routing_key, declare=[exchange]
+            )
+
+    return _when_waiting(queues, publish)
 
 
 def test_connect_memory_uses_the_event_driven_transport() -> None:
@@ -209,20 +218,12 @@ def test_interrupt_ends_a_waiting_drain_and_one_that_starts_later(name: str) -> 
         kombu.Consumer(conn.default_channel, queues=[queue], callbacks=[got]),
     ):
         transport = conn.transport
-
-        def interrupt_when_waiting() -> None:
-            for _ in range(int(WAIT / 0.005)):
-                if _waiting_on(name):
-                    break
-                threading.Event().wait(0.005)
-            transport.interrupt()
-
-        thread = threading.Thread(target=interrupt_when_waiting, daemon=True)
-        thread.start()
+        thread, failures = _when_waiting([name], transport.interrupt)
         began = time.monotonic()
         with pytest.raises(TimeoutError):
             conn.drain_events(timeout=WAIT)  # ends on the interrupt, not after WAIT
         thread.join(WAIT)
+        assert failures == []
         assert time.monotonic() - began < WAIT
 
         transport.interrupt()  # before the drain: that drain ends at once
