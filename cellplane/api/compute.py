@@ -33,6 +33,7 @@ from cellplane.errors import (
     from_status,
 )
 from cellplane.federation import codec, envelopes, paths
+from cellplane.federation.builds import REFUSALS
 from cellplane.v1 import compute_pb2, compute_pb2_grpc, link_pb2, types_pb2
 
 if TYPE_CHECKING:
@@ -298,17 +299,21 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
             if exc.code in {Code.PERMISSION_DENIED, Code.INVALID_ARGUMENT}:
                 await asyncio.to_thread(self.view.failed, uuids, int(exc.code), str(exc))
                 raise
-            await asyncio.to_thread(
-                self.view.failed, uuids, int(exc.code), f"No valid host was found: {exc}"
-            )
+            if exc.code in REFUSALS:
+                message = f"No valid host was found: {exc}"
+            else:
+                # A cell may have taken the build without its answer coming back: its
+                # pushes would then bring the instances out of error.
+                message = f"The build was not confirmed: {exc}"
+            await asyncio.to_thread(self.view.failed, uuids, int(exc.code), message)
         return await asyncio.to_thread(self.view.get_many, uuids)
 
     async def _schedule_many(
         self, key: object, builds: list[tuple[link_pb2.BuildRequest, float, bool]]
     ) -> list[list[ViewRow] | BaseException]:
-        """Send alike builds down as one request (their instances together); if that
-        fails, each on its own, so that no build fails for sharing a request. Each
-        gets its instances as the view holds them afterwards."""
+        """Send alike builds down as one request (their instances together); if no
+        cell takes that, each on its own, so that no build fails for sharing a
+        request. Each gets its instances as the view holds them afterwards."""
         del key
         if len(builds) > 1:
             merged = link_pb2.BuildRequest()
@@ -323,6 +328,10 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
                 rows = await self._place(merged, deadline, builds[0][2])
                 return [[rows[i.uuid] for i in b.instances if i.uuid in rows] for b, _, _ in builds]
             except CellplaneError as exc:
+                if exc.code not in REFUSALS:
+                    # Not known to be refused (no answer in time, say): a cell may hold
+                    # the instances already, so sending them again could build them twice.
+                    return [exc] * len(builds)
                 log.info("merged_build_split", builds=len(builds), error=str(exc))
         placed = await asyncio.gather(
             *[self._place(b, d, admin) for b, d, admin in builds], return_exceptions=True

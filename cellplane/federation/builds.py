@@ -6,6 +6,12 @@ targeted envelope and either takes it or answers "no valid host", and then the
 next candidate is tried, up to ``scheduler.retries``. The cell that keeps the
 build claims hosts through its scheduler role, creates the instances (which
 pushes them up) and casts the builds to its computes.
+
+A build goes to one cell at a time, and to the next candidate only when the
+one asked answered that it took nothing (see ``REFUSALS``). A cell that did not
+answer in time may have taken it; sending the same instances elsewhere could
+build them twice, so the build fails where it waited, and if the silent cell
+did build the instances, their pushes bring them up all the same.
 """
 
 from __future__ import annotations
@@ -22,13 +28,16 @@ from cellplane.amqp import RpcClient
 from cellplane.compute import states
 from cellplane.compute.actions import begin_action
 from cellplane.config import CellConfig
-from cellplane.db.instances import InstanceChanges, start_actions
+from cellplane.db.instances import InstanceChanges, record_events, start_actions
 from cellplane.errors import (
     CellplaneError,
     Code,
     NoValidHost,
     ResourceExhausted,
+    Timeout,
+    Unavailable,
     from_status,
+    status_of,
 )
 from cellplane.federation import codec, envelopes, paths
 from cellplane.federation.channel import LinkState
@@ -41,12 +50,14 @@ from cellplane.scheduling.cells import (
     default_cell_filters,
     default_cell_weighers,
 )
+from cellplane.scheduling.claims import release
 from cellplane.scheduling.framework import select_or_raise
 from cellplane.scheduling.spec import FlavorSpec, Hints, RequestSpec
 from cellplane.v1 import link_pb2, types_pb2
 
-# Codes after which the next candidate cell is tried.
-_RETRYABLE = {Code.RESOURCE_EXHAUSTED, Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED}
+# Answers that say a cell took nothing: the next candidate is tried. Any other
+# failure, no answer before the deadline above all, leaves that open.
+REFUSALS = frozenset({Code.RESOURCE_EXHAUSTED, Code.UNAVAILABLE})
 HOP_MARGIN = 0.5  # seconds a cell keeps back from its deadline to answer its parent
 
 
@@ -175,10 +186,10 @@ class BuildCoordinator:
             best = ranked[0].candidate
             try:
                 if best.is_self:
-                    return await self._build_here(req, my_path)
+                    return await self._build_here(req, my_path, deadline)
                 return await self._build_below(req, best.name, my_path, deadline)
             except CellplaneError as exc:
-                if exc.code not in _RETRYABLE:
+                if exc.code not in REFUSALS:
                     raise
                 tried.add(best.path)
                 del req.tried_cells[:]
@@ -261,10 +272,16 @@ class BuildCoordinator:
         accepted.cell_path = paths.join(*above, accepted.cell_path)
         return accepted
 
-    async def _build_here(self, req: link_pb2.BuildRequest, my_path: str) -> link_pb2.BuildAccepted:
+    async def _build_here(
+        self, req: link_pb2.BuildRequest, my_path: str, deadline: float
+    ) -> link_pb2.BuildAccepted:
         rpc = self.rpc() if self.rpc is not None else None
         if rpc is None:
             raise NoValidHost(f"cell {self.name} runs no scheduler")
+        if time.time() >= deadline:
+            # Whoever sent it has stopped waiting and failed the build: building it
+            # now would bring back instances a client was told had failed.
+            raise ResourceExhausted(f"the build reached {self.name} after its deadline")
         spec = spec_from_request(req, is_admin=True)
         await asyncio.to_thread(self._claim_create_cast, rpc, req, spec)
         return link_pb2.BuildAccepted(
@@ -274,15 +291,28 @@ class BuildCoordinator:
     def _claim_create_cast(
         self, rpc: RpcClient, req: link_pb2.BuildRequest, spec: RequestSpec
     ) -> None:
-        """Claim hosts, create the instances and cast their builds: one thread hop."""
-        hosts: list[str] = rpc.call(
-            "scheduler",
-            "select_and_claim",
-            spec=spec.to_dict(),
-            count=len(req.instances),
-            timeout=self.config.scheduler.build_timeout,
-        )
-        self._create(req, hosts)
+        """Claim hosts, create the instances and cast their builds: one thread hop.
+
+        Whatever fails before the instances exist is a refusal (nothing was
+        created; claims are given back). Once they exist they are this cell's:
+        a cast that fails fails its instances here, and the answer is still
+        that the cell took the build.
+        """
+        try:
+            hosts: list[str] = rpc.call(
+                "scheduler",
+                "select_and_claim",
+                spec=spec.to_dict(),
+                count=len(req.instances),
+                timeout=self.config.scheduler.build_timeout,
+            )
+        except Timeout as exc:
+            raise Unavailable(f"the scheduler of {self.name} did not answer: {exc}") from exc
+        try:
+            self._create(req, hosts)
+        except BaseException:
+            self._release_claims(hosts, spec.flavor)
+            raise
         properties = dict(req.image.properties)
         per_host: dict[str, list[dict[str, str]]] = {}
         for instance, host in zip(req.instances, hosts, strict=True):
@@ -291,12 +321,51 @@ class BuildCoordinator:
                 {"instance_uuid": instance.uuid, "request_id": request_id}
             )
         for host, builds in per_host.items():
-            rpc.cast(
-                f"compute.{host}",
-                "build_and_run_instances",
-                builds=builds,
-                image_properties=properties,
-            )
+            try:
+                rpc.cast(
+                    f"compute.{host}",
+                    "build_and_run_instances",
+                    builds=builds,
+                    image_properties=properties,
+                )
+            except Exception as exc:
+                self._fail_uncast(host, builds, spec.flavor, exc)
+
+    def _release_claims(self, hosts: list[str], flavor: FlavorSpec) -> None:
+        """Give back the claims of instances that were never created (one per host
+        named, as claimed)."""
+        try:
+            with self.sessions.begin() as session:
+                for host in hosts:
+                    release(session, host, flavor)
+        except Exception as exc:  # the compute's next resource report corrects usage
+            self.log.warning("claims_not_released", hosts=len(hosts), error=str(exc))
+
+    def _fail_uncast(
+        self, host: str, builds: list[dict[str, str]], flavor: FlavorSpec, exc: Exception
+    ) -> None:
+        """Builds that never reached ``compute.<host>``: error with a fault, claims
+        given back, as a failed build leaves them."""
+        code, reason = status_of(exc)
+        message = f"the build could not be sent to compute.{host}: {reason}"
+        self.log.warning("build_cast_failed", host=host, count=len(builds), error=reason)
+        try:
+            with self.sessions.begin() as session:
+                for build in builds:
+                    uuid = build["instance_uuid"]
+                    release(session, host, flavor)
+                    self.changes.update(session, uuid, host=None, node=None)
+                    self.changes.fault(session, uuid, int(code), message, host=host)
+                record_events(
+                    session,
+                    [(b["instance_uuid"], b["request_id"]) for b in builds],
+                    "schedule_and_build_instances",
+                    "Error",
+                    host=host,
+                    details=message,
+                )
+        except Exception as failed:  # they stay building here: never built twice
+            self.log.error("build_cast_failure_not_recorded", host=host, error=str(failed))
 
     def _create(self, req: link_pb2.BuildRequest, hosts: list[str]) -> None:
         with self.sessions.begin() as session:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -37,6 +38,7 @@ from cellplane.db.models import (
     Service,
 )
 from cellplane.demo import demo_configs, with_parent
+from cellplane.errors import Unavailable
 from cellplane.federation import envelopes
 from cellplane.federation.channel import LinkState, Relation
 from cellplane.service import Cell
@@ -672,6 +674,130 @@ def test_a_build_is_rescheduled_and_fails_after_bounded_attempts(tmp_path: Path)
         assert tried == ["eu-west"]
         assert "1 attempts" in instance.fault.message, instance.fault
         assert count_instances(tree.cells["us-east"]) == 1  # only "moved"
+
+    run(tmp_path, scenario)
+
+
+def api_build_timeout(seconds: float) -> Tweak:
+    """The API cell waits ``seconds`` for a build's answer (the other cells as usual)."""
+
+    def tweak(config: CellConfig) -> CellConfig:
+        if config.name != "api":
+            return config
+        scheduler = dataclasses.replace(config.scheduler, build_timeout=seconds)
+        return dataclasses.replace(config, scheduler=scheduler)
+
+    return tweak
+
+
+API_WAITS = 2.0  # seconds, in the tests of answers that come too late
+
+
+def test_a_build_answered_too_late_is_built_once(tmp_path: Path) -> None:
+    """eu-west builds, but its answers come after the API cell stopped waiting: the
+    builds must not go to us-east as well, merged or not."""
+
+    async def scenario(tree: Tree) -> None:
+        tried: list[str] = []
+        build_below = tree.api.builds._build_below
+
+        async def recording(req: Any, child: str, my_path: str, deadline: float) -> Any:
+            tried.append(child)
+            return await build_below(req, child, my_path, deadline)
+
+        tree.api.builds._build_below = recording  # type: ignore[method-assign]
+        eu_west = tree.cells["eu-west"].builds
+        build_here = eu_west._build_here
+
+        async def late(*args: Any) -> Any:
+            accepted = await build_here(*args)
+            await asyncio.sleep(API_WAITS + 0.5)  # answer after the API cell gave up
+            return accepted
+
+        eu_west._build_here = late  # type: ignore[method-assign]
+        # Concurrent creates: the first goes down alone, the others merged.
+        responses = await asyncio.gather(*[tree.create(f"late{n}") for n in range(5)])
+        uuids = [r.instances[0].uuid for r in responses]
+        assert set(tried) == {"eu-west"}, tried
+        settled = await asyncio.gather(*[tree.settled(u, VM.VM_STATE_ACTIVE) for u in uuids])
+        assert {i.cell_path for i in settled} == {"api!eu-west"}
+        assert count_instances(tree.cells["eu-west"], Instance.uuid.in_(uuids)) == len(uuids)
+        assert count_instances(tree.cells["us-east"]) == 0
+        assert tried == ["eu-west"] * len(tried)
+
+    run(tmp_path, scenario, api_build_timeout(API_WAITS))
+
+
+def test_a_build_that_reaches_a_cell_after_its_deadline_is_refused_there(
+    tmp_path: Path,
+) -> None:
+    async def scenario(tree: Tree) -> None:
+        eu_west = tree.cells["eu-west"].builds
+        schedule = eu_west.schedule
+        outcome: list[BaseException] = []
+
+        async def delayed(req: Any, my_path: str, deadline: float, **kwargs: Any) -> Any:
+            await asyncio.sleep(max(0.0, deadline - time.time()) + 0.2)
+            try:
+                return await schedule(req, my_path, deadline, **kwargs)
+            except BaseException as exc:
+                outcome.append(exc)
+                raise
+
+        eu_west.schedule = delayed  # type: ignore[method-assign]
+        (instance,) = (await tree.create("delayed")).instances
+        failed = await tree.settled(instance.uuid, VM.VM_STATE_ERROR)
+        assert failed.fault.message.startswith("The build was not confirmed"), failed.fault
+        assert failed.fault.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+        await eventually(lambda: bool(outcome), "eu-west handling the late build")
+        assert "after its deadline" in str(outcome[0]), outcome
+        for name in COMPUTE_CELLS:
+            assert count_instances(tree.cells[name]) == 0, name
+
+    run(tmp_path, scenario, api_build_timeout(API_WAITS))
+
+
+class _BrokenCasts:
+    """An RpcClient whose casts to computes fail, as with a broker gone after the claim."""
+
+    def __init__(self, rpc: Any) -> None:
+        self._rpc = rpc
+
+    def call(self, *args: Any, **kwargs: Any) -> Any:
+        return self._rpc.call(*args, **kwargs)
+
+    def cast(self, topic: str, *args: Any, **kwargs: Any) -> None:
+        if topic.startswith("compute."):
+            raise Unavailable(f"cannot reach broker for topic {topic!r}")
+        self._rpc.cast(topic, *args, **kwargs)
+
+
+def used(cell: Cell) -> list[tuple[str, int, int, int]]:
+    return sorted(
+        (n.host, n.vcpus_used, n.memory_mb_used, n.running_vms)
+        for n in cell_rows(cell, ComputeNode)
+    )
+
+
+def test_a_build_whose_cast_fails_fails_in_its_cell_only(tmp_path: Path) -> None:
+    """The instances exist once the cell created them: a cast that fails then is the
+    cell's failure (error, fault, claims given back), not a reason to try another."""
+
+    async def scenario(tree: Tree) -> None:
+        eu_west = tree.cells["eu-west"]
+        before = used(eu_west)
+        rpc = eu_west.builds.rpc
+        assert rpc is not None
+        eu_west.builds.rpc = lambda: _BrokenCasts(rpc())
+        (instance,) = (await tree.create("uncast")).instances
+        failed = await tree.settled(instance.uuid, VM.VM_STATE_ERROR)
+        assert failed.cell_path == "api!eu-west"
+        assert "could not be sent to compute." in failed.fault.message, failed.fault
+        assert failed.fault.code == grpc.StatusCode.UNAVAILABLE.value[0]
+        assert count_instances(tree.cells["us-east"]) == 0
+        assert used(eu_west) == before
+        (row,) = cell_rows(eu_west, Instance, Instance.uuid == instance.uuid)
+        assert (row.vm_state, row.host) == ("error", None)
 
     run(tmp_path, scenario)
 
