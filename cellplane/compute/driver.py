@@ -142,6 +142,35 @@ class FakeDriver:
                 fail_actions=_fail_actions(properties),
             )
 
+    def adopt(
+        self,
+        uuid: str,
+        flavor: dict[str, Any],
+        image_id: str,
+        image_properties: dict[str, Any] | None = None,
+        *,
+        power_state: int = states.RUNNING,
+        resize_from: dict[str, Any] | None = None,
+    ) -> bool:
+        """Know guest ``uuid`` as already on this host, in ``power_state`` (with its
+        old size too if a resize awaits confirmation): a hypervisor's guests outlive
+        a restart of its compute service, and this is how the fake gets them back.
+        No latency, no failure; False if the guest is here already."""
+        properties = dict(image_properties or {})
+        with self._lock:
+            if uuid in self._guests:
+                return False
+            self._guests[uuid] = Guest(
+                uuid=uuid,
+                size=GuestSize.of(flavor),
+                image_id=image_id,
+                image_properties=properties,
+                power_state=power_state,
+                resize_from=GuestSize.of(resize_from) if resize_from else None,
+                fail_actions=_fail_actions(properties),
+            )
+            return True
+
     def destroy(self, uuid: str) -> bool:
         """Power off and delete guest ``uuid``; False if it was not here."""
         self._wait(self.action_latency)

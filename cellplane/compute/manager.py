@@ -22,11 +22,19 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from cellplane.amqp import RpcClient
 from cellplane.batching import ThreadBatcher
 from cellplane.compute import states, steps
-from cellplane.compute.actions import action_key, begin_action, check_params, event_name
+from cellplane.compute.actions import (
+    action_key,
+    action_name,
+    begin_action,
+    check_params,
+    event_name,
+)
 from cellplane.compute.driver import FakeDriver
 from cellplane.compute.resources import flavor_spec, release
 from cellplane.compute.steps import STEPS, HostContext, Run
@@ -38,9 +46,10 @@ from cellplane.db.instances import (
     record_events,
     snapshots,
 )
-from cellplane.db.models import Instance, utcnow
+from cellplane.db.models import Instance, InstanceAction, utcnow
 from cellplane.errors import (
     CellplaneError,
+    Code,
     InstanceNotFound,
     InvalidArgument,
     ResourceExhausted,
@@ -56,6 +65,34 @@ _ERROR_ON_FAILURE = frozenset({"rebuild", "resize", "confirm_resize", "revert_re
 _MAX_FAULT_DETAILS = 8000
 MAX_BUILDS_PER_BATCH = 32  # build casts (of any size) built together
 _UPDATE_ATTEMPTS = 3  # batch updates tried again without instances deleted meanwhile
+
+# This host's live instances, as a start of the service takes them back.
+_ON_HOST = select(
+    Instance.uuid,
+    Instance.vm_state,
+    Instance.task_state,
+    Instance.power_state,
+    Instance.flavor,
+    Instance.image_id,
+).where(Instance.host == bindparam("host"), Instance.deleted.is_(False))
+# The action each task belongs to; those that need nothing but their name run again
+# after a restart, the others (their parameters are gone) end with a fault.
+_ACTION_OF_TASK = {step.task: key for key, step in states.ACTIONS.items()}
+_RESUMABLE = frozenset(
+    {
+        "reboot",
+        "reboot_hard",
+        "start",
+        "stop",
+        "pause",
+        "unpause",
+        "suspend",
+        "resume",
+        "confirm_resize",
+        "revert_resize",
+        "delete",
+    }
+)
 
 
 class ComputeManager:
@@ -80,6 +117,114 @@ class ComputeManager:
         self._host = HostContext(host.name, driver, sessions, changes, network)
         self._builds: ThreadBatcher[tuple[list[dict], dict | None], list[dict[str, Any]]]
         self._builds = ThreadBatcher(self._build_groups, max_items=MAX_BUILDS_PER_BATCH)
+
+    # -- start-up ------------------------------------------------------------
+
+    def init_host(self) -> list[Any]:
+        """Take back this host's guests as the service starts (Nova's init_host).
+
+        A hypervisor's guests outlive its compute service: the fake's are made
+        again from the cell database, each with its size, image and power state
+        as last recorded (and both sizes while a resize awaits confirmation).
+        Returns this host's instances whose work was under way: those still
+        building or with a task (see :meth:`resume`).
+        """
+        with self._sessions() as session:
+            rows = session.execute(_ON_HOST, {"host": self.host.name}).all()
+            properties = {
+                image_id: steps.image_properties(session, image_id)
+                for image_id in {row.image_id for row in rows}
+            }
+        adopted = 0
+        for row in rows:
+            if row.vm_state == states.BUILDING:
+                continue  # no guest yet: the build spawns it
+            flavor = dict(row.flavor or {})
+            old = flavor.get("old")
+            adopted += self._driver.adopt(
+                row.uuid,
+                flavor,
+                row.image_id,
+                properties[row.image_id],
+                power_state=row.power_state,
+                resize_from=old.get("flavor") if isinstance(old, dict) else None,
+            )
+        interrupted = [r for r in rows if r.vm_state == states.BUILDING or r.task_state]
+        if rows:
+            self._log.info("host_initialized", guests=adopted, interrupted=len(interrupted))
+        return interrupted
+
+    def resume(self, rpc: RpcClient, interrupted: list[Any]) -> None:
+        """Carry on with ``interrupted`` (from :meth:`init_host`) when the messages
+        that asked for it died with the previous run (an in-process transport).
+
+        Builds are cast to this host again (a build is safe to repeat), and so are
+        actions that need nothing but their name; a rebuild, resize or snapshot
+        (whose parameters are gone) ends with a fault, in ``error`` for the first
+        two, as a failed one would.
+        """
+        if not interrupted:
+            return
+        requests = self._open_requests([row.uuid for row in interrupted])
+        topic = f"compute.{self.host.name}"
+        builds: dict[str, list[dict[str, str]]] = {}  # image -> builds (one cast each)
+        for row in interrupted:
+            uuid = row.uuid
+            if row.vm_state == states.BUILDING:
+                request_id = requests.get((uuid, "create"), "")
+                builds.setdefault(row.image_id, []).append(
+                    {"instance_uuid": uuid, "request_id": request_id}
+                )
+                continue
+            key = _ACTION_OF_TASK.get(row.task_state, "")
+            request_id = requests.get((uuid, action_name(key)), "")
+            if key in _RESUMABLE:
+                self._log.info("action_resumed", instance=uuid, action=key)
+                params = {"hard": True} if key == "reboot_hard" else {}
+                rpc.cast(
+                    topic,
+                    "run_action",
+                    instance_uuid=uuid,
+                    action=key,
+                    request_id=request_id,
+                    params=params,
+                )
+            else:
+                self._end_interrupted(row, key, request_id)
+        for image_builds in builds.values():
+            self._log.info("builds_resumed", count=len(image_builds))
+            rpc.cast(topic, "build_and_run_instances", builds=image_builds, image_properties=None)
+
+    def _open_requests(self, uuids: list[str]) -> dict[tuple[str, str], str]:
+        """The request id of each instance's latest unfinished action, by
+        ``(uuid, action)``."""
+        with self._sessions() as session:
+            actions = session.execute(
+                select(
+                    InstanceAction.instance_uuid, InstanceAction.action, InstanceAction.request_id
+                )
+                .where(
+                    InstanceAction.instance_uuid.in_(uuids), InstanceAction.finish_time.is_(None)
+                )
+                .order_by(InstanceAction.id)
+            ).all()
+        return {(uuid, action): request_id for uuid, action, request_id in actions}
+
+    def _end_interrupted(self, row: Any, key: str, request_id: str) -> None:
+        task = row.task_state
+        message = f"{task} was interrupted: the compute service of {self.host.name} restarted"
+        vm_state = states.ERROR if key in _ERROR_ON_FAILURE else row.vm_state
+        self._log.warning("action_interrupted", instance=row.uuid, task=task)
+        with self._sessions.begin() as session:
+            self._changes.fault(
+                session, row.uuid, int(Code.ABORTED), message, host=self.host.name,
+                vm_state=vm_state,
+            )  # fmt: skip
+            if request_id:
+                record_event(
+                    session, row.uuid, request_id, event_name(key or "unknown"), "Error",
+                    host=self.host.name, details=message,
+                )  # fmt: skip
 
     # -- RPC methods -------------------------------------------------------
 

@@ -53,6 +53,17 @@ class Cell:
     compute: ComputeRole
     network: NetworkRole
     pushes: list[tuple[str, str, int]] = field(default_factory=list)
+    config: CellConfig | None = None
+    transport_url: str = ""
+    exchange: str = ""
+
+    def restart_compute(self) -> None:
+        """Stop the compute role and start it again (its fake guests are gone with it)."""
+        assert self.config is not None
+        self.compute.stop()
+        self.compute = start_compute_role(
+            self.config, self.sessions, self.changes, self.transport_url, exchange=self.exchange
+        )
 
     def build(self, host: str, image_properties: dict[str, Any] | None = None) -> str:
         """Create a building instance, claim its host as the scheduler does, cast the build."""
@@ -144,11 +155,15 @@ def _start_cell(database_url: str, transport_url: str, push_log: PushLog) -> Ite
     network = start_network_role(config, sessions, transport_url, exchange=exchange)
     compute = start_compute_role(config, sessions, changes, transport_url, exchange=exchange)
     client = RpcClient(transport_url, exchange)
+    cell = Cell(
+        sessions, changes, hosts, client, compute, network, push_log.pushes,
+        config, transport_url, exchange,
+    )  # fmt: skip
     try:
-        yield Cell(sessions, changes, hosts, client, compute, network, push_log.pushes)
+        yield cell
     finally:
         client.close()
-        compute.stop()
+        cell.compute.stop()
         network.stop()
         engine.dispose()
         with connect(transport_url) as conn:
@@ -357,3 +372,39 @@ def test_build_and_delete_on_postgresql(postgres_url: str, push_log: PushLog) ->
         assert instance.deleted and cell.held_addresses(uuid) == []
         assert cell.usage(host) == (0, 0, 0, 0)
         cell.check_pushes()
+
+
+def test_a_restarted_compute_role_takes_back_its_guests(cell: Cell) -> None:
+    """Guests outlive the compute service; on memory:// (whose messages died with it)
+    work under way is carried on, or ended with a fault when it cannot be."""
+    host = cell.hosts[0]
+    resized, stopped, snapshotting, rebuilding = (cell.build(host) for _ in range(4))
+    for uuid in (resized, stopped, snapshotting, rebuilding):
+        cell.wait(uuid, lambda i: i.vm_state == states.ACTIVE)
+    cell.act(resized, "resize", flavor=LARGE)
+    cell.act(stopped, "stop")
+    with cell.sessions.begin() as session:  # accepted, never cast: as if cut off by a crash
+        begin_action(session, cell.changes, snapshotting, "snapshot", "req-snap")
+        begin_action(session, cell.changes, rebuilding, "rebuild", "req-rebuild")
+    usage = cell.usage(host)
+
+    cell.restart_compute()
+
+    # The guest of the resize came back with both sizes: confirming drops the old one.
+    instance = cell.act(resized, "confirm_resize")
+    assert (instance.vm_state, instance.flavor_id) == (states.ACTIVE, "m1.large")
+    assert cell.usage(host) == (usage[0] - 1, usage[1] - 1024, usage[2] - 10, usage[3])
+    # The stopped guest starts: its power state came back too.
+    assert cell.act(stopped, "start").power_state == states.RUNNING
+    assert not cell.faults(resized) and not cell.faults(stopped)
+    if cell.transport_url.startswith("memory"):
+        # What they were given is gone: each ends with a fault, as Nova ends them.
+        snap = cell.wait(snapshotting, lambda i: i.task_state is None)
+        assert (snap.vm_state, snap.power_state) == (states.ACTIVE, states.RUNNING)
+        rebuilt = cell.wait(rebuilding, lambda i: i.task_state is None)
+        assert rebuilt.vm_state == states.ERROR
+        for uuid, task in ((snapshotting, "image_snapshot"), (rebuilding, "rebuilding")):
+            [fault] = cell.faults(uuid)
+            assert fault.code == Code.ABORTED, fault.message
+            assert fault.message.startswith(f"{task} was interrupted"), fault.message
+    cell.check_pushes()

@@ -1055,3 +1055,92 @@ def test_instances_whose_build_failed_can_be_deleted(tmp_path: Path) -> None:
         assert failed.uuid not in [i.uuid for i in listed.instances]
 
     run(tmp_path, scenario)
+
+
+# --- 11. a cell started again ------------------------------------------------------------------
+
+
+class _LostCasts:
+    """An RpcClient that loses every build cast and the action casts of ``lost``, as
+    an in-process queue loses what it holds when its process dies."""
+
+    def __init__(self, rpc: Any, lost: set[str]) -> None:
+        self._rpc = rpc
+        self._lost = lost
+
+    def call(self, *args: Any, **kwargs: Any) -> Any:
+        return self._rpc.call(*args, **kwargs)
+
+    def cast(self, topic: str, method: str, /, **kwargs: Any) -> None:
+        if "builds" in kwargs or kwargs.get("instance_uuid") in self._lost:
+            return
+        self._rpc.cast(topic, method, **kwargs)
+
+
+def test_a_restarted_cell_takes_back_its_guests_and_carries_on(tmp_path: Path) -> None:
+    """eu-west-a stops with a guest running, one stopped, and a build and a reboot
+    whose casts never reached its computes; started again, its guests are still
+    there (actions on them work) and the build and the reboot are carried out."""
+
+    async def scenario(tree: Tree) -> None:
+        running = (await tree.create("running", image=XEN)).instances[0]
+        stopped = (await tree.create("stopped", image=XEN)).instances[0]
+        await tree.settled(running.uuid, VM.VM_STATE_ACTIVE)
+        await tree.settled(stopped.uuid, VM.VM_STATE_ACTIVE)
+        await tree.stub.StopInstance(
+            compute_pb2.StopInstanceRequest(uuid=stopped.uuid), metadata=ADMIN, timeout=5
+        )
+        await tree.settled(stopped.uuid, VM.VM_STATE_STOPPED, POWER.POWER_STATE_SHUTDOWN)
+
+        leaf = tree.cells["eu-west-a"]
+        rpc = leaf.builds.rpc
+        assert rpc is not None
+        leaf.builds.rpc = lambda: _LostCasts(rpc(), {running.uuid})
+        await tree.stub.RebootInstance(
+            compute_pb2.RebootInstanceRequest(uuid=running.uuid), metadata=ADMIN, timeout=5
+        )
+        pending = (await tree.create("pending", image=XEN)).instances[0]
+
+        async def under_way() -> bool:
+            rebooting, building = await tree.get(running.uuid), await tree.get(pending.uuid)
+            return (
+                rebooting.task_state == types_pb2.TASK_STATE_REBOOTING
+                and building.vm_state == VM.VM_STATE_BUILDING
+                and building.cell_path == "api!eu-west!eu-west-a"
+            )
+
+        await eventually_async(under_way, lambda: "the reboot and the build under way")
+        await leaf.stop(grace=0.2)
+        restarted = Cell(tree.configs["eu-west-a"])
+        await restarted.start()
+        tree.cells["eu-west-a"] = restarted
+
+        built = await tree.settled(pending.uuid, VM.VM_STATE_ACTIVE, POWER.POWER_STATE_RUNNING)
+        assert built.addresses and not built.fault.message, built
+        rebooted = await tree.settled(running.uuid, VM.VM_STATE_ACTIVE, POWER.POWER_STATE_RUNNING)
+        assert not rebooted.fault.message, rebooted.fault
+        actions = await tree.stub.ListInstanceActions(
+            compute_pb2.ListInstanceActionsRequest(uuid=running.uuid), metadata=ADMIN, timeout=5
+        )
+        reboot = [a for a in actions.actions if a.action == "reboot"]
+        assert len(reboot) == 1 and [e.result for e in reboot[0].events] == ["Success"], reboot
+
+        # The guests came back: actions on them work as before (once the API cell
+        # hears from eu-west that eu-west-a is back).
+        def back() -> bool:
+            report = tree.api.state.children.get("eu-west")
+            return report is not None and "eu-west-a" not in report.unreachable
+
+        await eventually(back, "eu-west reporting eu-west-a back")
+        await tree.stub.RebootInstance(
+            compute_pb2.RebootInstanceRequest(uuid=running.uuid), metadata=ADMIN, timeout=5
+        )
+        await tree.stub.StartInstance(
+            compute_pb2.StartInstanceRequest(uuid=stopped.uuid), metadata=ADMIN, timeout=5
+        )
+        for uuid in (running.uuid, stopped.uuid):
+            instance = await tree.settled(uuid, VM.VM_STATE_ACTIVE, POWER.POWER_STATE_RUNNING)
+            assert not instance.fault.message, instance.fault
+        assert count_instances(restarted) == 3
+
+    run(tmp_path, scenario)
