@@ -446,6 +446,7 @@ class Cell:
             self.neighbours,
             self.sessions,
             envelope_bytes=min(ENVELOPE_BYTES, cfg.max_message_bytes // 4),
+            lone_writer=outbox_written_here(cfg),
         )
         self.outbox_sender.watch(self.sessions)
         self.api_view = ApiView(self.sessions) if is_api else None
@@ -493,6 +494,12 @@ class Cell:
 
     def _send_up(self, target: str, payload: dict[str, Any]) -> None:
         self.router.send(target, envelopes.UP, **payload)
+
+
+def outbox_written_here(config: CellConfig) -> bool:
+    """Whether a process running ``config`` writes every row of its cell's outbox: the
+    computes (the only writers besides the cells role) run in it, or the cell has none."""
+    return "compute" in config.roles or not config.compute.hosts
 
 
 def _make_sqlite_dir(url: str) -> None:

@@ -65,6 +65,7 @@ class PeerChannel:
         self.state = LinkState.DOWN
         self.peer_path = ""  # the neighbour's path from the top, as it said in Hello
         self.peer_features: frozenset[str] = frozenset()  # optional payloads it takes
+        self.max_message_bytes = 0  # the largest message both sides take (0: unknown)
         self.last_seen = 0.0  # time.time() of the last frame received
         self.on_acked: list[Callable[[list[Envelope]], None]] = []
         self.on_dropped: list[Callable[[list[Envelope]], None]] = []
@@ -202,12 +203,20 @@ class PeerChannel:
             self._ack_to_send = cursor.last_seq
             self._work.set()
 
-    def connected(self, peer_path: str, peer_features: Iterable[str] = ()) -> None:
+    def connected(
+        self,
+        peer_path: str,
+        peer_features: Iterable[str] = (),
+        *,
+        max_message_bytes: int = 0,
+    ) -> None:
         """A stream is open (``peer_features``: the optional payloads the neighbour's
-        Hello says it takes; unacked envelopes with others are taken back)."""
+        Hello says it takes; unacked envelopes with others are taken back;
+        ``max_message_bytes``: the largest message both sides take, 0 if unknown)."""
         self.state = LinkState.UP
         self.peer_path = peer_path
         self.peer_features = frozenset(peer_features)
+        self.max_message_bytes = max_message_bytes
         self.drop_unacked(OPTIONAL_PAYLOADS - self.peer_features)
         self.last_seen = time.time()
         self.connection_count += 1

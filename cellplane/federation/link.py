@@ -102,6 +102,7 @@ class LinkEndpoint:
             peer_last_seq=channel.cursor.last_seq,
             path=self.path,
             features=FEATURES,
+            max_message_bytes=self.max_message_bytes,
         )
 
     async def run(
@@ -113,7 +114,10 @@ class LinkEndpoint:
     ) -> None:
         """Run an established link until its stream ends."""
         channel.resume(peer_hello.peer_epoch, peer_hello.peer_last_seq)
-        channel.connected(peer_hello.path, peer_hello.features)
+        # Frames and envelopes fit what both sides take (a peer that does not say
+        # takes what this cell does, as before the Hello said it).
+        limit = min(self.max_message_bytes, peer_hello.max_message_bytes or self.max_message_bytes)
+        channel.connected(peer_hello.path, peer_hello.features, max_message_bytes=limit)
         self.on_link_change(channel)
         self.log.info(
             "link_up", peer=channel.peer, relation=channel.relation.value, unacked=channel.unacked
@@ -127,7 +131,7 @@ class LinkEndpoint:
                 write,
                 self.receive,
                 writer,
-                max_bytes=self.max_message_bytes // 2,
+                max_bytes=limit // 2,
             )
         finally:
             channel.disconnected()

@@ -40,6 +40,9 @@ ENVELOPE_BYTES = 256 * 1024
 # poll finds rows written by the cell's other processes.
 IDLE_POLL = 0.05
 BUSY_POLL = 0.005
+# The poll of a sender whose process writes every row of its cell's outbox: only a
+# safety net behind the commit hook.
+LONE_WRITER_POLL = 1.0
 _WRITTEN = "cellplane_outbox_written"  # session.info flag: outbox rows in this transaction
 _PAYLOAD_OF_KIND = {
     "update": "instance_update",
@@ -179,7 +182,10 @@ class OutboxSender:
         sessions: sessionmaker[Session],
         *,
         envelope_bytes: int = ENVELOPE_BYTES,
+        lone_writer: bool = False,
     ) -> None:
+        """With ``lone_writer`` (no other process writes this cell's outbox), the
+        sender relies on :meth:`watch` and looks by itself only once a second."""
         self.name = name
         self.neighbours = neighbours
         self.sessions = sessions
@@ -189,6 +195,8 @@ class OutboxSender:
         # envelope id -> (parent, the outbox rows it carries)
         self._rows_of: dict[str, tuple[str, list[int]]] = {}
         self.envelope_bytes = envelope_bytes
+        self._idle_poll = LONE_WRITER_POLL if lone_writer else IDLE_POLL
+        self._busy_poll = LONE_WRITER_POLL if lone_writer else BUSY_POLL
         self._listening: weakref.WeakSet[PeerChannel] = weakref.WeakSet()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -218,7 +226,8 @@ class OutboxSender:
     async def run(self) -> None:
         """Send and delete until cancelled."""
         self._loop = asyncio.get_running_loop()
-        poll = IDLE_POLL
+        idle, busy = self._idle_poll, self._busy_poll
+        poll = idle
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), poll)
@@ -227,9 +236,9 @@ class OutboxSender:
                 moved = await self._step()
             except Exception as exc:  # a database hiccup must not end state up for good
                 self.log.warning("outbox_send_failed", error=f"{type(exc).__name__}: {exc}")
-                poll = IDLE_POLL
+                poll = idle
                 continue
-            poll = BUSY_POLL if moved or self._acked else min(IDLE_POLL, poll * 2)
+            poll = busy if moved or self._acked else min(idle, poll * 2)
 
     async def _step(self) -> int:
         # Acked rows are deleted and every parent's next rows read in one thread hop
@@ -292,7 +301,10 @@ class OutboxSender:
         rows = [row for row in loaded if row[0] not in in_flight]
         if rows:
             join = "instance_updates" in channel.peer_features  # else an older parent
-            envs, sizes = self._envelopes(peer, rows, join=join)
+            budget = self.envelope_bytes
+            if channel.max_message_bytes:  # a parent that takes less than this cell
+                budget = min(budget, channel.max_message_bytes // 4)
+            envs, sizes = self._envelopes(peer, rows, join=join, budget=budget)
             channel.send_many(envs, sizes)
             in_flight.update(row[0] for row in rows)
             self.sent += len(rows)
@@ -306,11 +318,17 @@ class OutboxSender:
             del self._rows_of[env_id]
 
     def _envelopes(
-        self, peer: str, rows: list[tuple[int, str, bytes]], *, join: bool = True
+        self,
+        peer: str,
+        rows: list[tuple[int, str, bytes]],
+        *,
+        join: bool = True,
+        budget: int | None = None,
     ) -> tuple[list[link_pb2.Envelope], list[int]]:
         """Envelopes carrying ``rows`` to ``peer`` in order, and their payloads' sizes.
         With ``join``, a run of updates shares one envelope (InstanceUpdates is their
-        bytes joined)."""
+        bytes joined, up to ``budget`` bytes, by default ``envelope_bytes``)."""
+        budget = self.envelope_bytes if budget is None else budget
         target = paths.join(self.name, peer)
         envs: list[link_pb2.Envelope] = []
         sizes: list[int] = []
@@ -322,7 +340,7 @@ class OutboxSender:
                     end < len(rows)
                     and end - start < UPDATES_PER_ENVELOPE
                     and rows[end][1] == "instance_update"
-                    and size + len(rows[end][2]) <= self.envelope_bytes
+                    and size + len(rows[end][2]) <= budget
                 ):
                     size += len(rows[end][2])
                     end += 1

@@ -48,7 +48,7 @@ class ConnectResponse(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., batch: _Optional[_Union[EnvelopeBatch, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("cell", "protocol_version", "epoch", "peer_epoch", "peer_last_seq", "path", "features")
+    __slots__ = ("cell", "protocol_version", "epoch", "peer_epoch", "peer_last_seq", "path", "features", "max_message_bytes")
     CELL_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,7 @@ class Hello(_message.Message):
     PEER_LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     cell: str
     protocol_version: int
     epoch: str
@@ -63,7 +64,8 @@ class Hello(_message.Message):
     peer_last_seq: int
     path: str
     features: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, cell: _Optional[str] = ..., protocol_version: _Optional[int] = ..., epoch: _Optional[str] = ..., peer_epoch: _Optional[str] = ..., peer_last_seq: _Optional[int] = ..., path: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
+    max_message_bytes: int
+    def __init__(self, cell: _Optional[str] = ..., protocol_version: _Optional[int] = ..., epoch: _Optional[str] = ..., peer_epoch: _Optional[str] = ..., peer_last_seq: _Optional[int] = ..., path: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
 
 class EnvelopeBatch(_message.Message):
     __slots__ = ("envelopes", "ack")

@@ -7,16 +7,19 @@ error (the sender used to die on one, silently ending state up)."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
 from cellplane import db
+from cellplane.config import CellConfig, ComputeConfig, HostConfig
 from cellplane.db.models import OutboxEntry
 from cellplane.federation import outbox
 from cellplane.federation.channel import Cursor, PeerChannel, Relation
 from cellplane.federation.outbox import OutboxSender
+from cellplane.service import outbox_written_here
 from cellplane.v1 import link_pb2, types_pb2
 
 
@@ -26,6 +29,7 @@ class FakeParent:
     peer = "api"
     unacked = 0
     peer_features = frozenset({"instance_updates"})
+    max_message_bytes = 0  # not said: the sender's own budget holds
 
     def __init__(self) -> None:
         self.on_acked: list[Any] = []
@@ -65,8 +69,9 @@ def _uuid(n: int) -> str:
 
 def _add(sessions: Any, rows: list[tuple[str, int]], *, ids: bool = False) -> None:
     """Outbox rows for the parent: (kind, n) each, n naming the instance and version
-    (and, with ``ids``, the row's id)."""
+    (and, with ``ids``, the row's id), noted as the Outbox notes its writes."""
     with sessions.begin() as session:
+        outbox.Outbox.written(session)
         for kind, n in rows:
             if kind == "instance_update":
                 message: Any = link_pb2.InstanceUpdate(
@@ -262,3 +267,58 @@ def test_the_sender_keeps_sending_after_a_database_error(tmp_path: Path) -> None
 
     asyncio.run(asyncio.wait_for(run(), 10))
     assert failures and _versions(parent) == [1]
+
+
+def _send_one_and_wait(sender: OutboxSender, parent: FakeParent, write: Any) -> None:
+    """Run the sender, ``write()`` one row once it idles, and wait until it is sent."""
+
+    async def run() -> None:
+        task = asyncio.create_task(sender.run())
+        try:
+            await asyncio.sleep(0.05)  # its first look found nothing: it waits now
+            await asyncio.to_thread(write)
+            while not parent.sent:
+                await asyncio.sleep(0.01)
+        finally:
+            task.cancel()
+
+    asyncio.run(asyncio.wait_for(run(), 10))
+
+
+def test_a_lone_writer_sends_on_commit_without_polling(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setattr(outbox, "LONE_WRITER_POLL", 3600.0)  # never, within the test
+    sender, parent, sessions = _sender(tmp_path, lone_writer=True)
+    sender.watch(sessions)
+    _send_one_and_wait(sender, parent, lambda: _add(sessions, [("instance_update", 1)]))
+    assert _versions(parent) == [1]
+
+
+def test_a_lone_writer_still_finds_rows_written_elsewhere(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setattr(outbox, "LONE_WRITER_POLL", 0.05)
+    sender, parent, sessions = _sender(tmp_path, lone_writer=True)
+    sender.watch(sessions)
+    # Another process's commit: nothing here hears of it.
+    elsewhere = db.make_session_factory(db.create_engine(f"sqlite:///{tmp_path / 'leaf.db'}"))
+    _send_one_and_wait(sender, parent, lambda: _add(elsewhere, [("instance_update", 1)]))
+    assert _versions(parent) == [1]
+
+
+def test_a_cell_whose_computes_run_elsewhere_polls_for_their_rows() -> None:
+    hosts = ComputeConfig(hosts=(HostConfig("h1", vcpus=1, memory_mb=512, local_gb=1),))
+    api = CellConfig(name="api", database_url="sqlite://", roles=("cells", "api"))
+    whole = CellConfig(
+        name="c1", database_url="sqlite://", roles=("cells", "compute"), compute=hosts
+    )
+    split = replace(whole, roles=("cells", "scheduler", "network"))
+    assert outbox_written_here(api) and outbox_written_here(whole)
+    assert not outbox_written_here(split)
+
+
+def test_envelopes_fit_what_the_parent_takes(tmp_path: Path) -> None:
+    sender, parent, sessions = _sender(tmp_path)
+    parent.max_message_bytes = 4096  # a quarter of it per envelope
+    _add(sessions, [("instance_update", n) for n in range(1, 41)])
+    asyncio.run(sender._step())
+    assert _versions(parent) == list(range(1, 41))
+    assert len(parent.sent) > 1
+    assert all(size <= 1024 for size in parent.sizes), parent.sizes
