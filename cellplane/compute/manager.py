@@ -77,7 +77,11 @@ _ON_HOST = select(
 ).where(Instance.host == bindparam("host"), Instance.deleted.is_(False))
 # The action each task belongs to; those that need nothing but their name run again
 # after a restart, the others (their parameters are gone) end with a fault.
-_ACTION_OF_TASK = {step.task: key for key, step in states.ACTIONS.items()}
+_ACTION_OF_TASK = {
+    **{step.task: key for key, step in states.ACTIONS.items()},
+    states.RESIZE_MIGRATING: "resize",  # the later steps of a resize
+    states.RESIZE_FINISH: "resize",
+}
 _RESUMABLE = frozenset(
     {
         "reboot",
@@ -178,22 +182,30 @@ class ComputeManager:
                 continue
             key = _ACTION_OF_TASK.get(row.task_state, "")
             request_id = requests.get((uuid, action_name(key)), "")
-            if key in _RESUMABLE:
-                self._log.info("action_resumed", instance=uuid, action=key)
-                params = {"hard": True} if key == "reboot_hard" else {}
-                rpc.cast(
-                    topic,
-                    "run_action",
-                    instance_uuid=uuid,
-                    action=key,
-                    request_id=request_id,
-                    params=params,
-                )
-            else:
-                self._end_interrupted(row, key, request_id)
+            try:
+                if key in _RESUMABLE:
+                    self._log.info("action_resumed", instance=uuid, action=key)
+                    params = {"hard": True} if key == "reboot_hard" else {}
+                    rpc.cast(
+                        topic,
+                        "run_action",
+                        instance_uuid=uuid,
+                        action=key,
+                        request_id=request_id,
+                        params=params,
+                    )
+                else:
+                    self._end_interrupted(row, key, request_id)
+            except Exception as exc:  # the host serves all the same; this one stays as is
+                self._log.error("resume_failed", instance=uuid, task=row.task_state, error=str(exc))
         for image_builds in builds.values():
             self._log.info("builds_resumed", count=len(image_builds))
-            rpc.cast(topic, "build_and_run_instances", builds=image_builds, image_properties=None)
+            try:
+                rpc.cast(
+                    topic, "build_and_run_instances", builds=image_builds, image_properties=None
+                )
+            except Exception as exc:
+                self._log.error("resume_failed", builds=len(image_builds), error=str(exc))
 
     def _open_requests(self, uuids: list[str]) -> dict[tuple[str, str], str]:
         """The request id of each instance's latest unfinished action, by

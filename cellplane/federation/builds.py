@@ -338,8 +338,8 @@ class BuildCoordinator:
             with self.sessions.begin() as session:
                 for host in hosts:
                     release(session, host, flavor)
-        except Exception as exc:  # the compute's next resource report corrects usage
-            self.log.warning("claims_not_released", hosts=len(hosts), error=str(exc))
+        except Exception as exc:  # they stay counted: say so
+            self.log.error("claims_not_released", hosts=len(hosts), error=str(exc))
 
     def _fail_uncast(
         self, host: str, builds: list[dict[str, str]], flavor: FlavorSpec, exc: Exception

@@ -378,14 +378,17 @@ def test_a_restarted_compute_role_takes_back_its_guests(cell: Cell) -> None:
     """Guests outlive the compute service; on memory:// (whose messages died with it)
     work under way is carried on, or ended with a fault when it cannot be."""
     host = cell.hosts[0]
-    resized, stopped, snapshotting, rebuilding = (cell.build(host) for _ in range(4))
-    for uuid in (resized, stopped, snapshotting, rebuilding):
+    resized, stopped, snapshotting, rebuilding, migrating = (cell.build(host) for _ in range(5))
+    for uuid in (resized, stopped, snapshotting, rebuilding, migrating):
         cell.wait(uuid, lambda i: i.vm_state == states.ACTIVE)
     cell.act(resized, "resize", flavor=LARGE)
     cell.act(stopped, "stop")
     with cell.sessions.begin() as session:  # accepted, never cast: as if cut off by a crash
         begin_action(session, cell.changes, snapshotting, "snapshot", "req-snap")
         begin_action(session, cell.changes, rebuilding, "rebuild", "req-rebuild")
+        resize = {"flavor": LARGE}
+        begin_action(session, cell.changes, migrating, "resize", "req-resize", params=resize)
+        cell.changes.update(session, migrating, task_state=states.RESIZE_MIGRATING)
     usage = cell.usage(host)
 
     cell.restart_compute()
@@ -401,9 +404,13 @@ def test_a_restarted_compute_role_takes_back_its_guests(cell: Cell) -> None:
         # What they were given is gone: each ends with a fault, as Nova ends them.
         snap = cell.wait(snapshotting, lambda i: i.task_state is None)
         assert (snap.vm_state, snap.power_state) == (states.ACTIVE, states.RUNNING)
-        rebuilt = cell.wait(rebuilding, lambda i: i.task_state is None)
-        assert rebuilt.vm_state == states.ERROR
-        for uuid, task in ((snapshotting, "image_snapshot"), (rebuilding, "rebuilding")):
+        for uuid in (rebuilding, migrating):
+            assert cell.wait(uuid, lambda i: i.task_state is None).vm_state == states.ERROR
+        for uuid, task in (
+            (snapshotting, "image_snapshot"),
+            (rebuilding, "rebuilding"),
+            (migrating, "resize_migrating"),
+        ):
             [fault] = cell.faults(uuid)
             assert fault.code == Code.ABORTED, fault.message
             assert fault.message.startswith(f"{task} was interrupted"), fault.message
