@@ -43,6 +43,9 @@ class ChildReport:
     mute: bool = False
     # Cells below the child that it cannot reach, as paths from the child (its name left out).
     unreachable: frozenset[str] = frozenset()
+    # Each cell of the child's subtree with its own capacity (empty from a child that
+    # does not say: its ``capacity`` then stands for its whole subtree).
+    cells: dict[str, types_pb2.Capacity] = field(default_factory=dict)
 
 
 def own_capacity(
@@ -95,6 +98,14 @@ def add_capacity(total: types_pb2.Capacity, other: types_pb2.Capacity) -> None:
             types_pb2.FlavorUnits(**{key: size, "units": units})
             for size, units in sorted(merged.items())
         )
+
+
+def sum_capacities(capacities: Iterable[types_pb2.Capacity]) -> types_pb2.Capacity:
+    """The capacities added up (see :func:`add_capacity`)."""
+    total = types_pb2.Capacity()
+    for capacity in capacities:
+        add_capacity(total, capacity)
+    return total
 
 
 def capability_list(caps: dict[str, set[str]]) -> list[types_pb2.Capability]:
@@ -153,11 +164,20 @@ class StateManager:
         return own_capacity(nodes, [(int(r), int(d)) for r, d in sizes], self.reserve_percent)
 
     def subtree_capacity(self) -> types_pb2.Capacity:
-        """Own capacity plus every child's last report."""
-        total = self.own_capacity()
-        for report in self.children.values():
-            add_capacity(total, report.capacity)
-        return total
+        """Own capacity plus every child's last report, each cell counted once."""
+        return sum_capacities(self.subtree_cells().values())
+
+    def subtree_cells(self) -> dict[str, types_pb2.Capacity]:
+        """Each cell of this subtree (this one first) with its own capacity, as the
+        children last reported them. A cell below two children (it has several
+        parents) is there once, as the child heard from last reported it."""
+        cells = {self.name: self.own_capacity()}
+        below: dict[str, types_pb2.Capacity] = {}
+        for child, report in sorted(self.children.items(), key=lambda c: c[1].capacity_at):
+            below.update(report.cells or {child: report.capacity})
+        below.pop(self.name, None)
+        cells.update(below)
+        return cells
 
     def unreachable_below(self) -> list[str]:
         """Cells below this one it cannot reach now, as paths from here (this cell's
@@ -214,7 +234,8 @@ class StateManager:
 
     async def report(self) -> None:
         """Send capabilities and capacity to every parent now."""
-        capacity = await asyncio.to_thread(self.subtree_capacity)
+        cells = await asyncio.to_thread(self.subtree_cells)
+        capacity = sum_capacities(cells.values())
         stamp = Timestamp()
         stamp.GetCurrentTime()
         caps = link_pb2.CapabilityReport(
@@ -227,6 +248,7 @@ class StateManager:
             capacity=capacity,
             reported_at=stamp,
             unreachable=self.unreachable_below(),
+            cells=[link_pb2.OwnCapacity(cell=n, capacity=c) for n, c in cells.items()],
         )
         for channel in self.neighbours.parents():
             target = paths.join(self.name, channel.peer)
@@ -250,6 +272,7 @@ class StateManager:
         child = paths.hops(env.routing_path)[-2]
         report = self._child(child)
         report.capacity = env.capacity_report.capacity
+        report.cells = {c.cell: c.capacity for c in env.capacity_report.cells}
         report.capacity_at = report.received_at
         unreachable = frozenset(env.capacity_report.unreachable)
         if unreachable != report.unreachable:

@@ -239,16 +239,26 @@ class CapabilityReport(_message.Message):
     def __init__(self, cell_path: _Optional[str] = ..., capabilities: _Optional[_Iterable[_Union[_types_pb2.Capability, _Mapping]]] = ..., reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CapacityReport(_message.Message):
-    __slots__ = ("cell_path", "capacity", "reported_at", "unreachable")
+    __slots__ = ("cell_path", "capacity", "reported_at", "unreachable", "cells")
     CELL_PATH_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     REPORTED_AT_FIELD_NUMBER: _ClassVar[int]
     UNREACHABLE_FIELD_NUMBER: _ClassVar[int]
+    CELLS_FIELD_NUMBER: _ClassVar[int]
     cell_path: str
     capacity: _types_pb2.Capacity
     reported_at: _timestamp_pb2.Timestamp
     unreachable: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, cell_path: _Optional[str] = ..., capacity: _Optional[_Union[_types_pb2.Capacity, _Mapping]] = ..., reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., unreachable: _Optional[_Iterable[str]] = ...) -> None: ...
+    cells: _containers.RepeatedCompositeFieldContainer[OwnCapacity]
+    def __init__(self, cell_path: _Optional[str] = ..., capacity: _Optional[_Union[_types_pb2.Capacity, _Mapping]] = ..., reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., unreachable: _Optional[_Iterable[str]] = ..., cells: _Optional[_Iterable[_Union[OwnCapacity, _Mapping]]] = ...) -> None: ...
+
+class OwnCapacity(_message.Message):
+    __slots__ = ("cell", "capacity")
+    CELL_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    cell: str
+    capacity: _types_pb2.Capacity
+    def __init__(self, cell: _Optional[str] = ..., capacity: _Optional[_Union[_types_pb2.Capacity, _Mapping]] = ...) -> None: ...
 
 class SyncRequest(_message.Message):
     __slots__ = ("bucket_count", "buckets", "full")

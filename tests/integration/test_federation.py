@@ -533,6 +533,42 @@ def test_capacity_at_the_top_keeps_the_leaf_reserve_back(tmp_path: Path) -> None
     run(tmp_path, scenario)
 
 
+def test_a_cell_with_two_parents_counts_once_at_the_top(tmp_path: Path) -> None:
+    """edge reports to eu and to us; both pass its hosts up, and the API cell, which
+    hears of edge along both paths, counts them once."""
+
+    async def scenario(fed: Federation) -> None:
+        cells = await fed.start_tree()
+        edge, api = cells["edge"], cells["api"]
+
+        def edge_hosts(session: Session) -> None:
+            session.add(
+                ComputeNode(
+                    host="edge-h1", hypervisor_type="fake", vcpus=4, memory_mb=2048,
+                    local_gb=50, ram_allocation_ratio=1.0, disk_allocation_ratio=1.0,
+                )
+            )  # fmt: skip
+
+        await asyncio.to_thread(_in_transaction, edge, edge_hosts)
+        edge.state.changed()
+
+        def heard_along_both() -> bool:
+            return all(
+                (report := api.state.children.get(mid)) is not None
+                and report.capacity.ram_total_mb == 2048
+                for mid in ("eu", "us")
+            )
+
+        await eventually(heard_along_both, "eu and us reporting edge's hosts")
+        for mid in ("eu", "us"):  # each parent's subtree holds edge, for scheduling
+            assert api.state.children[mid].cells["edge"].ram_total_mb == 2048
+        total, once = api.state.subtree_capacity(), edge.state.own_capacity()
+        assert total == once and once.ram_total_mb == 2048, (total, once)
+        assert set(api.state.subtree_cells()) == {"api", "eu", "us", "eu-a", "edge"}
+
+    run(tmp_path, scenario)
+
+
 def _in_transaction(cell: Cell, work: Callable[[Session], None]) -> None:
     with cell.sessions.begin() as session:
         work(session)
