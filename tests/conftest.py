@@ -23,15 +23,35 @@ POSTGRES_URL = os.environ.get(
 REQUIRE_SERVICES = os.environ.get("CELLPLANE_REQUIRE_SERVICES") == "1"
 
 
+def _note_grpc_servers() -> list[bool]:
+    """A flag set whenever a grpc.aio server is made (see _collect_between_tests)."""
+    import grpc.aio._server as aio_server
+
+    made = [False]
+    init = aio_server.Server.__init__
+
+    def noted(self: Any, *args: Any, **kwargs: Any) -> None:
+        made[0] = True
+        init(self, *args, **kwargs)
+
+    aio_server.Server.__init__ = noted  # type: ignore[method-assign]
+    return made
+
+
+_SERVER_MADE = _note_grpc_servers()
+
+
 @pytest.fixture(autouse=True)
 def _collect_between_tests() -> Iterator[None]:
-    """Collect garbage after each test. A grpc.aio server still running when its
-    test's event loop closed shuts gRPC's asyncio machinery down when it is
-    collected; collected during a later test, that test's links stall (seen once
-    in CI: a link went down and never came back). Collected here, it happens
-    between tests."""
+    """Collect garbage after each test that made a grpc.aio server. One still running
+    when its test's event loop closed shuts gRPC's asyncio machinery down when it is
+    collected; collected during a later test, that test's links stall (seen once in
+    CI: a link went down and never came back). Collected here, it happens between
+    tests."""
     yield
-    gc.collect()
+    if _SERVER_MADE[0]:
+        _SERVER_MADE[0] = False
+        gc.collect()
 
 
 def _reachable(host: str, port: int) -> bool:
