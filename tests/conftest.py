@@ -6,7 +6,6 @@ RabbitMQ and PostgreSQL tests skip when the service is not reachable, unless
 
 from __future__ import annotations
 
-import gc
 import os
 import socket
 import threading
@@ -23,35 +22,26 @@ POSTGRES_URL = os.environ.get(
 REQUIRE_SERVICES = os.environ.get("CELLPLANE_REQUIRE_SERVICES") == "1"
 
 
-def _note_grpc_servers() -> list[bool]:
-    """A flag set whenever a grpc.aio server is made (see _collect_between_tests)."""
+def _quiet_servers_of_closed_loops() -> None:
+    """A grpc.aio server still running when its test's event loop closed asks, when
+    it is garbage-collected, for a shutdown on that closed loop; gRPC then shuts its
+    asyncio machinery down for the whole process, under whatever test runs at that
+    moment (seen in CI: that test's links went down and never came back). Such a
+    server is left to be freed without it."""
     import grpc.aio._server as aio_server
 
-    made = [False]
-    init = aio_server.Server.__init__
+    collected = aio_server.Server.__del__
 
-    def noted(self: Any, *args: Any, **kwargs: Any) -> None:
-        made[0] = True
-        init(self, *args, **kwargs)
+    def __del__(self: Any) -> None:
+        loop = getattr(self, "_loop", None)
+        if loop is not None and loop.is_closed():
+            return
+        collected(self)
 
-    aio_server.Server.__init__ = noted  # type: ignore[method-assign]
-    return made
-
-
-_SERVER_MADE = _note_grpc_servers()
+    aio_server.Server.__del__ = __del__  # type: ignore[method-assign]
 
 
-@pytest.fixture(autouse=True)
-def _collect_between_tests() -> Iterator[None]:
-    """Collect garbage after each test that made a grpc.aio server. One still running
-    when its test's event loop closed shuts gRPC's asyncio machinery down when it is
-    collected; collected during a later test, that test's links stall (seen once in
-    CI: a link went down and never came back). Collected here, it happens between
-    tests."""
-    yield
-    if _SERVER_MADE[0]:
-        _SERVER_MADE[0] = False
-        gc.collect()
+_quiet_servers_of_closed_loops()
 
 
 def _reachable(host: str, port: int) -> bool:

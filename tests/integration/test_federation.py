@@ -557,14 +557,13 @@ def test_a_cell_with_two_parents_counts_once_at_the_top(tmp_path: Path) -> None:
                 (report := api.state.children.get(mid)) is not None
                 and report.capacity.ram_total_mb == 2048
                 for mid in ("eu", "us")
-            )
+            ) and set(api.state.subtree_cells()) == {"api", "eu", "us", "eu-a", "edge"}
 
-        await eventually(heard_along_both, "eu and us reporting edge's hosts")
+        await eventually(heard_along_both, "eu and us reporting every cell, edge's hosts too")
         for mid in ("eu", "us"):  # each parent's subtree holds edge, for scheduling
             assert api.state.children[mid].cells["edge"].ram_total_mb == 2048
         total, once = api.state.subtree_capacity(), edge.state.own_capacity()
         assert total == once and once.ram_total_mb == 2048, (total, once)
-        assert set(api.state.subtree_cells()) == {"api", "eu", "us", "eu-a", "edge"}
 
     run(tmp_path, scenario)
 
