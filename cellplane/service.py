@@ -168,19 +168,24 @@ class Cell:
             self._phase = _Phase.STOPPED
             return
         self._phase = _Phase.STOPPED
-        for dialer, _ in self._dialers.values():
-            dialer.stop()
-        for task in [t for _, t in self._dialers.values()] + self._tasks:
-            task.cancel()
-        await asyncio.gather(
-            *[t for _, t in self._dialers.values()], *self._tasks, return_exceptions=True
-        )
-        self._dialers.clear()
-        await self.router.stop()
-        if self._server is not None:
-            await self._server.stop(grace)
-        await asyncio.to_thread(self.local_roles.stop)
-        self.engine.dispose()
+        try:
+            for dialer, _ in self._dialers.values():
+                dialer.stop()
+            for task in [t for _, t in self._dialers.values()] + self._tasks:
+                task.cancel()
+            await asyncio.gather(
+                *[t for _, t in self._dialers.values()], *self._tasks, return_exceptions=True
+            )
+            self._dialers.clear()
+            await self.router.stop()
+        finally:
+            # The port, the roles and the database go whatever failed above.
+            try:
+                if self._server is not None:
+                    await self._server.stop(grace)
+            finally:
+                await asyncio.to_thread(self.local_roles.stop)
+                self.engine.dispose()
         self.log.info("cell_stopped")
 
     async def __aenter__(self) -> Cell:

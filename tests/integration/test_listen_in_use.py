@@ -36,3 +36,29 @@ def test_a_cell_on_an_address_in_use_is_refused(tmp_path: Path) -> None:
             await first.stop(grace=0.2)
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_a_cell_that_fails_to_stop_cleanly_still_gives_its_port_back(tmp_path: Path) -> None:
+    async def main() -> None:
+        first = Cell(
+            CellConfig(
+                name="top", database_url=f"sqlite:///{tmp_path / 'top'}.db", listen="127.0.0.1:0"
+            )
+        )
+        await first.start()
+
+        async def broken() -> None:
+            raise RuntimeError("router would not stop")
+
+        first.router.stop = broken  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError, match="router would not stop"):
+            await first.stop(grace=0.1)
+        again = Cell(
+            CellConfig(
+                name="top", database_url=f"sqlite:///{tmp_path / 'top'}.db", listen=first.address
+            )
+        )
+        await again.start()
+        await again.stop(grace=0.1)
+
+    asyncio.run(asyncio.wait_for(main(), 30))
