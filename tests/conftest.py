@@ -44,6 +44,20 @@ def _quiet_servers_of_closed_loops() -> None:
 _quiet_servers_of_closed_loops()
 
 
+def _hold_grpc_aio() -> None:
+    """Keep gRPC's asyncio machinery up for the whole run. It is reference-counted:
+    every grpc.aio server and channel holds it, and when the count falls to zero
+    (as objects of finished tests are collected, at any moment) it is shut down
+    for the whole process, under whatever test runs then (seen in CI: links that
+    went down and never came back, servers that never stopped)."""
+    import grpc.aio
+
+    grpc.aio.init_grpc_aio()
+
+
+_hold_grpc_aio()
+
+
 def _reachable(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=1.0):
