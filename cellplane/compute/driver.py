@@ -69,6 +69,28 @@ class Guest:
     resize_from: GuestSize | None = None
     fail_actions: frozenset[str] = field(default_factory=frozenset)
 
+    @classmethod
+    def of(
+        cls,
+        uuid: str,
+        flavor: dict[str, Any],
+        image_id: str,
+        properties: dict[str, Any],
+        *,
+        power_state: int = states.RUNNING,
+        resize_from: dict[str, Any] | None = None,
+    ) -> Guest:
+        """A guest of ``flavor`` from image ``image_id`` (with its ``properties``)."""
+        return cls(
+            uuid=uuid,
+            size=GuestSize.of(flavor),
+            image_id=image_id,
+            image_properties=properties,
+            power_state=power_state,
+            resize_from=GuestSize.of(resize_from) if resize_from else None,
+            fail_actions=_fail_actions(properties),
+        )
+
 
 class FakeDriver:
     """A simulated hypervisor for one host; thread-safe."""
@@ -134,13 +156,7 @@ class FakeDriver:
             if _truthy(properties.get("fail_spawn")):
                 raise HypervisorError(f"spawn of {uuid} failed (image {image_id} has fail_spawn)")
             self._take_injected("spawn", uuid)
-            self._guests[uuid] = Guest(
-                uuid=uuid,
-                size=GuestSize.of(flavor),
-                image_id=image_id,
-                image_properties=properties,
-                fail_actions=_fail_actions(properties),
-            )
+            self._guests[uuid] = Guest.of(uuid, flavor, image_id, properties)
 
     def adopt(
         self,
@@ -160,14 +176,8 @@ class FakeDriver:
         with self._lock:
             if uuid in self._guests:
                 return False
-            self._guests[uuid] = Guest(
-                uuid=uuid,
-                size=GuestSize.of(flavor),
-                image_id=image_id,
-                image_properties=properties,
-                power_state=power_state,
-                resize_from=GuestSize.of(resize_from) if resize_from else None,
-                fail_actions=_fail_actions(properties),
+            self._guests[uuid] = Guest.of(
+                uuid, flavor, image_id, properties, power_state=power_state, resize_from=resize_from
             )
             return True
 

@@ -13,22 +13,18 @@ from cellplane.errors import Unavailable
 from cellplane.service import Cell
 
 
+def _cell(tmp_path: Path, name: str, listen: str = "127.0.0.1:0") -> Cell:
+    return Cell(
+        CellConfig(name=name, database_url=f"sqlite:///{tmp_path / name}.db", listen=listen)
+    )
+
+
 def test_a_cell_on_an_address_in_use_is_refused(tmp_path: Path) -> None:
     async def main() -> None:
-        first = Cell(
-            CellConfig(
-                name="top", database_url=f"sqlite:///{tmp_path / 'top'}.db", listen="127.0.0.1:0"
-            )
-        )
+        first = _cell(tmp_path, "top")
         await first.start()
         try:
-            second = Cell(
-                CellConfig(
-                    name="again",
-                    database_url=f"sqlite:///{tmp_path / 'again'}.db",
-                    listen=first.address,
-                )
-            )
+            second = _cell(tmp_path, "again", first.address)
             with pytest.raises(Unavailable, match=f"cannot listen on {first.address}"):
                 await second.start()
             await second.stop(grace=0.1)
@@ -40,11 +36,7 @@ def test_a_cell_on_an_address_in_use_is_refused(tmp_path: Path) -> None:
 
 def test_a_cell_that_fails_to_stop_cleanly_still_gives_its_port_back(tmp_path: Path) -> None:
     async def main() -> None:
-        first = Cell(
-            CellConfig(
-                name="top", database_url=f"sqlite:///{tmp_path / 'top'}.db", listen="127.0.0.1:0"
-            )
-        )
+        first = _cell(tmp_path, "top")
         await first.start()
 
         async def broken() -> None:
@@ -53,11 +45,7 @@ def test_a_cell_that_fails_to_stop_cleanly_still_gives_its_port_back(tmp_path: P
         first.router.stop = broken  # type: ignore[method-assign]
         with pytest.raises(RuntimeError, match="router would not stop"):
             await first.stop(grace=0.1)
-        again = Cell(
-            CellConfig(
-                name="top", database_url=f"sqlite:///{tmp_path / 'top'}.db", listen=first.address
-            )
-        )
+        again = _cell(tmp_path, "top", first.address)
         await again.start()
         await again.stop(grace=0.1)
 
