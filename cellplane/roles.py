@@ -43,15 +43,19 @@ class LocalRoles:
         exchange = exchange_of(config)
         try:
             if "scheduler" in config.roles:
-                from cellplane.scheduling.claims import HostScheduler
+                from cellplane.scheduling.claims import ClaimSweeper, HostScheduler
                 from cellplane.scheduling.rpc import TOPIC, SchedulerEndpoint
 
-                endpoint = SchedulerEndpoint(HostScheduler(sessions, config.scheduler))
+                host_scheduler = HostScheduler(sessions, config.scheduler)
+                endpoint = SchedulerEndpoint(host_scheduler)
                 server = RpcServer(
                     url, TOPIC, server=config.name, exchange=exchange, endpoints=[endpoint]
                 )
                 server.start()
                 roles._stops.append(server.stop)
+                sweeper = ClaimSweeper(host_scheduler)
+                sweeper.start()
+                roles._stops.append(sweeper.stop)
             if "network" in config.roles:
                 from cellplane.network.role import start_network_role
 

@@ -17,6 +17,7 @@ from cellplane.db.models import (
     IpAllocation,
     LinkCursor,
     OutboxEntry,
+    PendingClaim,
     Service,
     utcnow,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "IpAllocation",
     "LinkCursor",
     "OutboxEntry",
+    "PendingClaim",
     "Service",
     "check",
     "create_engine",

@@ -269,6 +269,29 @@ class ComputeNode(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+class PendingClaim(Base):
+    """Resources the host scheduler claimed on ``host`` for instances not created yet.
+
+    Written in the claim's transaction, deleted in the transaction that creates the
+    instances (their usage then belongs to them). A row still here after
+    ``expires_at`` belongs to a build that never created its instances (its caller
+    stopped waiting, or died): its resources are given back (see
+    :func:`cellplane.scheduling.claims.sweep_expired`).
+    """
+
+    __tablename__ = "pending_claims"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    claim_id: Mapped[str] = mapped_column(sa.String(64), index=True)
+    host: Mapped[str]
+    count: Mapped[int]
+    vcpus: Mapped[int]  # each instance's; the claim took ``count`` times these
+    memory_mb: Mapped[int]
+    disk_gb: Mapped[int]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Service(Base):
     """A running service of this cell (compute, scheduler, network, cells, api), with heartbeat."""
 

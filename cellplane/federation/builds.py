@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid as uuidlib
 from collections.abc import Callable
 from typing import Any
 
@@ -50,7 +51,7 @@ from cellplane.scheduling.cells import (
     default_cell_filters,
     default_cell_weighers,
 )
-from cellplane.scheduling.claims import release
+from cellplane.scheduling.claims import release, release_pending, take_pending
 from cellplane.scheduling.framework import select_or_raise
 from cellplane.scheduling.spec import FlavorSpec, Hints, RequestSpec
 from cellplane.v1 import link_pb2, types_pb2
@@ -58,6 +59,9 @@ from cellplane.v1 import link_pb2, types_pb2
 # Answers that say a cell took nothing: the next candidate is tried. Any other
 # failure, no answer before the deadline above all, leaves that open.
 REFUSALS = frozenset({Code.RESOURCE_EXHAUSTED, Code.UNAVAILABLE})
+# Errors that the scheduler role itself answered with: its transaction rolled back,
+# so it claimed nothing.
+_SCHEDULER_ANSWERS = frozenset({Code.RESOURCE_EXHAUSTED, Code.INVALID_ARGUMENT})
 HOP_MARGIN = 0.5  # seconds a cell keeps back from its deadline to answer its parent
 
 
@@ -283,13 +287,13 @@ class BuildCoordinator:
             # now would bring back instances a client was told had failed.
             raise ResourceExhausted(f"the build reached {self.name} after its deadline")
         spec = spec_from_request(req, is_admin=True)
-        await asyncio.to_thread(self._claim_create_cast, rpc, req, spec)
+        await asyncio.to_thread(self._claim_create_cast, rpc, req, spec, deadline)
         return link_pb2.BuildAccepted(
             instance_uuids=[i.uuid for i in req.instances], cell_path=my_path
         )
 
     def _claim_create_cast(
-        self, rpc: RpcClient, req: link_pb2.BuildRequest, spec: RequestSpec
+        self, rpc: RpcClient, req: link_pb2.BuildRequest, spec: RequestSpec, deadline: float
     ) -> None:
         """Claim hosts, create the instances and cast their builds: one thread hop.
 
@@ -297,21 +301,36 @@ class BuildCoordinator:
         created; claims are given back). Once they exist they are this cell's:
         a cast that fails fails its instances here, and the answer is still
         that the cell took the build.
+
+        The claims stay pending under a claim id until the transaction that
+        creates the instances takes them. If the scheduler claimed but its answer
+        was lost, they are given back here; if it claimed after that (it was slow),
+        or this process dies before the create, the scheduler role gives them back
+        once they expire, a build timeout after the build's deadline.
         """
+        claim_id = str(uuidlib.uuid4())
         try:
             hosts: list[str] = rpc.call(
                 "scheduler",
                 "select_and_claim",
                 spec=spec.to_dict(),
                 count=len(req.instances),
+                claim_id=claim_id,
+                expires_at=deadline + self.config.scheduler.build_timeout,
                 timeout=self.config.scheduler.build_timeout,
             )
         except Timeout as exc:
+            # It may have claimed all the same, and only its answer was lost.
+            self._release_claims(claim_id)
             raise Unavailable(f"the scheduler of {self.name} did not answer: {exc}") from exc
+        except CellplaneError as exc:
+            if exc.code not in _SCHEDULER_ANSWERS:  # not the scheduler's own answer
+                self._release_claims(claim_id)
+            raise
         try:
-            self._create(req, hosts)
+            self._create(req, hosts, claim_id)
         except BaseException:
-            self._release_claims(hosts, spec.flavor)
+            self._release_claims(claim_id)
             raise
         properties = dict(req.image.properties)
         per_host: dict[str, list[dict[str, str]]] = {}
@@ -331,15 +350,21 @@ class BuildCoordinator:
             except Exception as exc:
                 self._fail_uncast(host, builds, spec.flavor, exc)
 
-    def _release_claims(self, hosts: list[str], flavor: FlavorSpec) -> None:
-        """Give back the claims of instances that were never created (one per host
-        named, as claimed)."""
+    def _release_claims(self, claim_id: str) -> None:
+        """Give back the claims made under ``claim_id`` for instances never created."""
         try:
             with self.sessions.begin() as session:
-                for host in hosts:
-                    release(session, host, flavor)
-        except Exception as exc:  # they stay counted: say so
-            self.log.error("claims_not_released", hosts=len(hosts), error=str(exc))
+                released = release_pending(session, claim_id)
+        except Exception as exc:  # they expire and are given back then: say so
+            self.log.error("claims_not_released", claim_id=claim_id, error=str(exc))
+            return
+        if released:
+            self.log.info(
+                "claims_released",
+                claim_id=claim_id,
+                hosts=sorted({r.host for r in released}),
+                count=sum(r.instances for r in released),
+            )
 
     def _fail_uncast(
         self, host: str, builds: list[dict[str, str]], flavor: FlavorSpec, exc: Exception
@@ -367,8 +392,12 @@ class BuildCoordinator:
         except Exception as failed:  # they stay building here: never built twice
             self.log.error("build_cast_failure_not_recorded", host=host, error=str(failed))
 
-    def _create(self, req: link_pb2.BuildRequest, hosts: list[str]) -> None:
+    def _create(self, req: link_pb2.BuildRequest, hosts: list[str], claim_id: str) -> None:
         with self.sessions.begin() as session:
+            if take_pending(session, claim_id) != len(hosts):
+                # Given back as expired (this thread was held up that long): the hosts
+                # may be full again. Nothing is created.
+                raise Unavailable(f"the host claims of this build in {self.name} expired")
             rows = []
             for msg, host in zip(req.instances, hosts, strict=True):
                 fields = codec.instance_fields(msg)

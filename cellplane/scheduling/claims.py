@@ -9,10 +9,12 @@ what lets the host scheduler filter on a snapshot and still never over-commit.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, cast
 
 import sqlalchemy as sa
 import structlog
@@ -20,7 +22,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from cellplane.config import SchedulerConfig
-from cellplane.db.models import ComputeNode
+from cellplane.db.engine import lock_for_write
+from cellplane.db.models import ComputeNode, PendingClaim, utcnow
 from cellplane.errors import NoValidHost
 from cellplane.scheduling.framework import Filter, Weigher, select_or_raise
 from cellplane.scheduling.hosts import (
@@ -94,19 +97,108 @@ def _claim_statement() -> sa.Update:
 _CLAIM = _claim_statement()  # built once: it runs for every instance placed
 
 
-def release(session: Session, host: str, flavor: FlavorSpec) -> None:
-    """Give back what a claim of ``flavor`` took on ``host`` (never below zero)."""
+def release(session: Session, host: str, flavor: FlavorSpec, count: int = 1) -> None:
+    """Give back what ``count`` claims of ``flavor`` took on ``host`` (never below zero)."""
     node = ComputeNode
     session.connection().execute(
         sa.update(node)
         .where(node.host == host)
         .values(
-            vcpus_used=_minus(node.vcpus_used, flavor.vcpus),
-            memory_mb_used=_minus(node.memory_mb_used, flavor.memory_mb),
-            local_gb_used=_minus(node.local_gb_used, flavor.disk_gb),
-            running_vms=_minus(node.running_vms, 1),
+            vcpus_used=_minus(node.vcpus_used, flavor.vcpus * count),
+            memory_mb_used=_minus(node.memory_mb_used, flavor.memory_mb * count),
+            local_gb_used=_minus(node.local_gb_used, flavor.disk_gb * count),
+            running_vms=_minus(node.running_vms, count),
         )
     )
+
+
+# --- pending claims ----------------------------------------------------------------------
+#
+# A build claims its hosts in one transaction (the scheduler's) and creates its
+# instances in another (the cell's build coordinator). A claim whose instances never
+# come, because the coordinator stopped waiting for the scheduler's answer or died in
+# between, would stay counted for good. So a claim made under a claim id leaves
+# PendingClaim rows; the transaction that creates the instances takes them (and
+# fails if they are gone), and rows still there after their expiry are given back.
+
+
+# A pending claim as read back: a Core row of claim_id, host, instances (the
+# ``count`` column: a row's own ``count`` is tuple's), vcpus, memory_mb, disk_gb.
+Pending = sa.Row[Any]
+_PENDING = cast(sa.Table, PendingClaim.__table__)
+_PENDING_READ = sa.select(
+    _PENDING.c.id,
+    _PENDING.c.claim_id,
+    _PENDING.c.host,
+    _PENDING.c.count.label("instances"),
+    _PENDING.c.vcpus,
+    _PENDING.c.memory_mb,
+    _PENDING.c.disk_gb,
+)
+
+_PENDING_ANY = sa.select(_PENDING.c.id).where(_PENDING.c.claim_id == sa.bindparam("claim_id"))
+
+
+def record_pending(
+    session: Session, claim_id: str, hosts: Sequence[str], flavor: FlavorSpec, expires_at: datetime
+) -> None:
+    """Note the claims of ``hosts`` (one instance of ``flavor`` per entry) under ``claim_id``."""
+    now = utcnow()
+    session.execute(
+        _PENDING.insert(),
+        [
+            {
+                "claim_id": claim_id,
+                "host": host,
+                "count": count,
+                "vcpus": flavor.vcpus,
+                "memory_mb": flavor.memory_mb,
+                "disk_gb": flavor.disk_gb,
+                "expires_at": expires_at,
+                "created_at": now,
+            }
+            for host, count in Counter(hosts).items()
+        ],
+    )
+
+
+def _pending(session: Session, where: Any) -> list[Pending]:
+    lock_for_write(session)  # SQLite: no other writer between this read and the delete
+    rows: list[Pending] = list(
+        session.execute(_PENDING_READ.where(where).order_by(_PENDING.c.id).with_for_update())
+    )
+    if rows:
+        session.execute(_PENDING.delete().where(_PENDING.c.id.in_([r.id for r in rows])))
+    return rows
+
+
+def take_pending(session: Session, claim_id: str) -> int:
+    """The instances now own the claims made under ``claim_id``: forget them as pending.
+    How many instances they were claimed for (0: none left, they expired)."""
+    return sum(row.instances for row in _pending(session, _PENDING.c.claim_id == claim_id))
+
+
+def _give_back(session: Session, rows: Iterable[Pending]) -> None:
+    for row in rows:
+        size = FlavorSpec("", vcpus=row.vcpus, memory_mb=row.memory_mb, root_gb=row.disk_gb)
+        release(session, row.host, size, row.instances)
+
+
+def release_pending(session: Session, claim_id: str) -> list[Pending]:
+    """Give back the claims made under ``claim_id`` that no instance took; what they were.
+    Nothing is written (no write lock taken) when there are none."""
+    if session.execute(_PENDING_ANY, {"claim_id": claim_id}).first() is None:
+        return []
+    rows = _pending(session, _PENDING.c.claim_id == claim_id)
+    _give_back(session, rows)
+    return rows
+
+
+def sweep_expired(session: Session, now: datetime) -> list[Pending]:
+    """Give back every pending claim that expired by ``now``; what they were."""
+    rows = _pending(session, _PENDING.c.expires_at <= now)
+    _give_back(session, rows)
+    return rows
 
 
 def resize_claim(
@@ -197,12 +289,23 @@ class HostScheduler:
         with self.sessions() as session:
             return load_hosts(session, spec, self.config.service_down_time)
 
-    def place(self, spec: RequestSpec, count: int | None = None) -> list[str]:
+    def place(
+        self,
+        spec: RequestSpec,
+        count: int | None = None,
+        *,
+        claim_id: str = "",
+        expires_at: datetime | None = None,
+    ) -> list[str]:
         """Claim a host for each of ``count`` instances (default ``spec.num_instances``).
 
         Returns the hosts in instance order (a host may repeat). Raises
         NoValidHost, naming the filter that left nothing, when fewer than
         ``count`` fit; the claims already made are released first.
+
+        With ``claim_id``, the claims are also noted as pending (see
+        :func:`record_pending`) until the instances take them; if they have not
+        by ``expires_at`` (default: ``build_timeout`` from now), they are given back.
         """
         count = spec.num_instances if count is None else count
         for attempt in range(DEADLOCK_RETRIES + 1):
@@ -221,6 +324,10 @@ class HostScheduler:
                             raise NoValidHost(
                                 f"{exc.message} (placing instance {index + 1} of {count})"
                             ) from exc
+                    if claim_id:
+                        if expires_at is None:
+                            expires_at = utcnow() + timedelta(seconds=self.config.build_timeout)
+                        record_pending(session, claim_id, placed, spec.flavor, expires_at)
                 return placed
             except OperationalError as exc:
                 # Two requests locking hosts in opposite orders (PostgreSQL): the
@@ -229,6 +336,20 @@ class HostScheduler:
                     raise
                 self.log.info("host_claims_retried", reason="deadlock")
         raise AssertionError("unreachable")
+
+    def sweep(self) -> list[Pending]:
+        """Give back the pending claims that expired (see :func:`sweep_expired`)."""
+        with self.sessions.begin() as session:
+            expired = sweep_expired(session, utcnow())
+        for row in expired:
+            self.log.warning(
+                "pending_claim_expired",
+                claim_id=row.claim_id,
+                host=row.host,
+                count=row.instances,
+                memory_mb=row.memory_mb * row.instances,
+            )
+        return expired
 
     def release_all(self, flavor: FlavorSpec, hosts: Iterable[str]) -> None:
         """Release one claim of ``flavor`` per entry of ``hosts``."""
@@ -303,3 +424,36 @@ class HostScheduler:
         raise NoValidHost(
             f"no valid host: claims lost to concurrent builds {MAX_CLAIM_ROUNDS} rounds in a row"
         )
+
+
+SWEEP_INTERVAL = 10.0  # seconds between looks for expired pending claims
+
+
+class ClaimSweeper:
+    """Gives back expired pending claims (:meth:`HostScheduler.sweep`): once at start,
+    which finds those of a process that died between claim and create, then every
+    ``interval`` seconds, in a thread of its own."""
+
+    def __init__(self, scheduler: HostScheduler, interval: float = SWEEP_INTERVAL) -> None:
+        self._scheduler = scheduler
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="claim-sweeper", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self._scheduler.sweep()
+            except Exception as exc:  # a database hiccup: try again next time
+                self._scheduler.log.warning("pending_claim_sweep_failed", error=str(exc))
+            if self._stop.wait(self._interval):
+                return

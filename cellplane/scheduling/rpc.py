@@ -8,6 +8,7 @@ the RPC error mapping; a malformed spec as ``INVALID_ARGUMENT``.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from cellplane.amqp import RpcClient, RpcServer
@@ -18,6 +19,7 @@ from cellplane.scheduling.spec import RequestSpec
 
 TOPIC = "scheduler"
 DEFAULT_SELECT_TIMEOUT = 30.0
+CLAIM_ID_LENGTH = 64  # as pending_claims.claim_id holds
 
 
 class SchedulerEndpoint:
@@ -26,11 +28,31 @@ class SchedulerEndpoint:
     def __init__(self, host_scheduler: HostScheduler) -> None:
         self._scheduler = host_scheduler
 
-    def select_and_claim(self, spec: dict[str, Any], count: int) -> list[str]:
-        """Claim hosts for ``count`` instances of ``spec``; the hosts, in instance order."""
+    def select_and_claim(
+        self, spec: dict[str, Any], count: int, claim_id: str = "", expires_at: float = 0.0
+    ) -> list[str]:
+        """Claim hosts for ``count`` instances of ``spec``; the hosts, in instance order.
+
+        With ``claim_id`` the claims stay pending until the caller's transaction that
+        creates the instances takes them (:func:`take_pending`); by ``expires_at``
+        (seconds since the epoch; 0: the scheduler's build timeout from now) they are
+        given back if it has not.
+        """
         if count < 1:
             raise InvalidArgument(f"select_and_claim: count must be >= 1, got {count}")
-        return self._scheduler.place(RequestSpec.from_dict(spec), count)
+        if not isinstance(claim_id, str) or len(claim_id) > CLAIM_ID_LENGTH:
+            raise InvalidArgument(
+                f"select_and_claim: claim_id must be a string of at most {CLAIM_ID_LENGTH}"
+                " characters"
+            )
+        if not isinstance(expires_at, int | float) or expires_at < 0:
+            raise InvalidArgument(
+                f"select_and_claim: expires_at must be seconds since the epoch, got {expires_at!r}"
+            )
+        expires = datetime.fromtimestamp(expires_at, UTC) if expires_at else None
+        return self._scheduler.place(
+            RequestSpec.from_dict(spec), count, claim_id=claim_id, expires_at=expires
+        )
 
 
 def scheduler_server(

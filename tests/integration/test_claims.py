@@ -4,8 +4,11 @@ scheduler role answers over local RPC."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -14,9 +17,23 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cellplane.amqp import RpcClient, connect
 from cellplane.config import SchedulerConfig
-from cellplane.db import ComputeNode, Service, create_engine, make_session_factory, upgrade, utcnow
+from cellplane.db import (
+    ComputeNode,
+    PendingClaim,
+    Service,
+    create_engine,
+    make_session_factory,
+    upgrade,
+    utcnow,
+)
 from cellplane.errors import Code, InvalidArgument, NoValidHost, ResourceExhausted
-from cellplane.scheduling.claims import HostScheduler, claim
+from cellplane.scheduling.claims import (
+    ClaimSweeper,
+    HostScheduler,
+    claim,
+    release_pending,
+    take_pending,
+)
 from cellplane.scheduling.rpc import SchedulerClient, scheduler_server
 from cellplane.scheduling.spec import FlavorSpec, RequestSpec
 
@@ -177,6 +194,155 @@ def test_scheduler_endpoint_over_amqp(tmp_path: Path, topic: str) -> None:
             assert caught.value.code == Code.RESOURCE_EXHAUSTED
             with pytest.raises(InvalidArgument, match="flavor is required"):
                 rpc.call(topic, "select_and_claim", timeout=10, spec={"x": 1}, count=1)
-        assert {h: n.running_vms for h, n in usage(sessions).items()} == {"big": 3, "small": 0}
+            spec = RequestSpec(flavor=FLAVOR).to_dict()
+            for bad in ({"claim_id": "x" * 65}, {"claim_id": 7}, {"expires_at": "soon"}):
+                with pytest.raises(InvalidArgument, match=r"claim_id|expires_at"):
+                    rpc.call(topic, "select_and_claim", timeout=10, spec=spec, count=1, **bad)
+            later = time.time() + 60
+            hosts = rpc.call(
+                topic,
+                "select_and_claim",
+                timeout=10,
+                spec=spec,
+                count=1,
+                claim_id="over-amqp",
+                expires_at=later,
+            )
+            assert hosts == ["big"]
+        assert {h: n.running_vms for h, n in usage(sessions).items()} == {"big": 4, "small": 0}
+        assert [(c.claim_id, c.host, c.count) for c in pending(sessions)] == [
+            ("over-amqp", "big", 1)
+        ]
+        (row,) = pending(sessions)
+        assert abs(row.expires_at.timestamp() - later) < 0.01
     finally:
         engine.dispose()
+
+
+# --- pending claims: taken by the create, or given back ----------------------------------
+
+
+def pending(sessions: sessionmaker[Session]) -> list[PendingClaim]:
+    with sessions() as s:
+        return list(s.scalars(sa.select(PendingClaim).order_by(PendingClaim.id)))
+
+
+def running(sessions: sessionmaker[Session]) -> dict[str, int]:
+    return {h: n.running_vms for h, n in usage(sessions).items()}
+
+
+def test_a_create_takes_its_pending_claims_and_a_refusal_gives_them_back(
+    sessions: sessionmaker[Session],
+) -> None:
+    scheduler = HostScheduler(sessions, SchedulerConfig())
+    later = utcnow() + timedelta(minutes=5)
+    spec = RequestSpec(flavor=FLAVOR)
+    kept = scheduler.place(spec, 4, claim_id="kept", expires_at=later)
+    assert sorted({(c.host, c.count) for c in pending(sessions)}) == sorted(Counter(kept).items())
+    with sessions.begin() as s:
+        assert take_pending(s, "kept") == 4
+    assert pending(sessions) == []
+    assert sum(running(sessions).values()) == 4  # the instances' now
+
+    scheduler.place(spec, 2, claim_id="refused", expires_at=later)
+    assert sum(running(sessions).values()) == 6
+    with sessions.begin() as s:
+        given = release_pending(s, "refused")
+    assert sum(c.instances for c in given) == 2
+    assert sum(running(sessions).values()) == 4
+    assert_within_limits(usage(sessions))
+    with sessions.begin() as s:  # given back: nothing left to take, or to give twice
+        assert take_pending(s, "refused") == 0
+        assert release_pending(s, "refused") == []
+    assert sum(running(sessions).values()) == 4
+
+    scheduler.place(spec, 1)  # no claim id: the caller keeps the claim, nothing pending
+    assert pending(sessions) == []
+    assert sum(running(sessions).values()) == 5
+
+
+def test_expired_pending_claims_are_given_back_and_cannot_be_taken_after(
+    sessions: sessionmaker[Session],
+) -> None:
+    """The claim of a build whose caller gave up (or died) before creating it comes
+    back once expired; a create that comes after that is refused, so the usage never
+    counts less than the instances take."""
+    scheduler = HostScheduler(sessions, SchedulerConfig())
+    spec = RequestSpec(flavor=FLAVOR)
+    scheduler.place(spec, 3, claim_id="lost", expires_at=utcnow() - timedelta(seconds=1))
+    scheduler.place(spec, 2, claim_id="live", expires_at=utcnow() + timedelta(minutes=5))
+    assert sum(running(sessions).values()) == 5
+
+    expired = scheduler.sweep()
+    assert {c.claim_id for c in expired} == {"lost"}
+    assert sum(c.instances for c in expired) == 3
+    assert sum(running(sessions).values()) == 2
+    assert {c.claim_id for c in pending(sessions)} == {"live"}
+    with sessions.begin() as s:
+        assert take_pending(s, "lost") == 0
+    assert scheduler.sweep() == []
+    assert sum(running(sessions).values()) == 2
+    nodes = usage(sessions)
+    assert_within_limits(nodes)
+    assert sum(n.memory_mb_used for n in nodes.values()) == 2 * FLAVOR.memory_mb
+
+
+def test_a_claim_without_an_expiry_expires_a_build_timeout_from_now(
+    sessions: sessionmaker[Session],
+) -> None:
+    scheduler = HostScheduler(sessions, SchedulerConfig(build_timeout=0.2))
+    scheduler.place(RequestSpec(flavor=FLAVOR), 1, claim_id="default")
+    assert scheduler.sweep() == []
+    time.sleep(0.3)
+    assert [c.claim_id for c in scheduler.sweep()] == ["default"]
+    assert sum(running(sessions).values()) == 0
+
+
+def test_the_sweeper_gives_back_expired_claims_by_itself(sessions: sessionmaker[Session]) -> None:
+    scheduler = HostScheduler(sessions, SchedulerConfig())
+    scheduler.place(RequestSpec(flavor=FLAVOR), 2, claim_id="x", expires_at=utcnow())
+    sweeper = ClaimSweeper(scheduler, interval=0.05)
+    sweeper.start()
+    try:
+        deadline = time.monotonic() + 10
+        while pending(sessions) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        sweeper.stop()
+    assert pending(sessions) == []
+    assert sum(running(sessions).values()) == 0
+
+
+def test_a_create_racing_the_sweep_either_takes_its_claims_or_is_refused(
+    sessions: sessionmaker[Session],
+) -> None:
+    """Many claims expire while their creates run: each is counted exactly once, by its
+    instances or not at all."""
+    scheduler = HostScheduler(sessions, SchedulerConfig())
+    spec = RequestSpec(flavor=FLAVOR)
+    ids = [f"c{i}" for i in range(sum(FITS.values()))]
+    for claim_id in ids:
+        scheduler.place(spec, 1, claim_id=claim_id, expires_at=utcnow())
+    taken: list[str] = []
+    start = threading.Barrier(2)
+
+    def create() -> None:
+        start.wait()
+        for claim_id in ids:
+            with sessions.begin() as s:
+                if take_pending(s, claim_id):
+                    taken.append(claim_id)
+
+    def sweep() -> None:
+        start.wait()
+        for _ in ids:
+            scheduler.sweep()
+
+    threads = [threading.Thread(target=create), threading.Thread(target=sweep)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    scheduler.sweep()
+    assert pending(sessions) == []
+    assert sum(running(sessions).values()) == len(taken)

@@ -35,10 +35,11 @@ from cellplane.db.models import (
     InstanceChange,
     InstanceFault,
     IpAllocation,
+    PendingClaim,
     Service,
 )
 from cellplane.demo import demo_configs, with_parent
-from cellplane.errors import Unavailable
+from cellplane.errors import Timeout, Unavailable
 from cellplane.federation import envelopes
 from cellplane.federation.channel import LinkState, Relation
 from cellplane.service import Cell
@@ -798,6 +799,44 @@ def test_a_build_whose_cast_fails_fails_in_its_cell_only(tmp_path: Path) -> None
         assert used(eu_west) == before
         (row,) = cell_rows(eu_west, Instance, Instance.uuid == instance.uuid)
         assert (row.vm_state, row.host) == ("error", None)
+
+    run(tmp_path, scenario)
+
+
+class _LostSchedulerAnswers:
+    """An RpcClient whose scheduler answers are lost after the scheduler claimed."""
+
+    def __init__(self, rpc: Any) -> None:
+        self._rpc = rpc
+
+    def call(self, topic: str, method: str, **kwargs: Any) -> Any:
+        answer = self._rpc.call(topic, method, **kwargs)
+        if method == "select_and_claim":
+            raise Timeout(f"no answer from {topic} (its answer was {answer})")
+        return answer
+
+    def cast(self, *args: Any, **kwargs: Any) -> None:
+        self._rpc.cast(*args, **kwargs)
+
+
+def test_a_claim_whose_answer_was_lost_is_given_back(tmp_path: Path) -> None:
+    """eu-west's scheduler claims, but its answer never comes: eu-west refuses the
+    build (it created nothing), another cell builds it, and eu-west's hosts are left
+    as they were rather than counting the claim for good."""
+
+    async def scenario(tree: Tree) -> None:
+        eu_west = tree.cells["eu-west"]
+        before = used(eu_west)
+        rpc = eu_west.builds.rpc
+        assert rpc is not None
+        eu_west.builds.rpc = lambda: _LostSchedulerAnswers(rpc())
+        (instance,) = (await tree.create("lost-answer")).instances
+        built = await tree.settled(instance.uuid, VM.VM_STATE_ACTIVE)
+        assert built.cell_path == "api!us-east", built.cell_path
+        assert count_instances(eu_west) == 0
+        assert used(eu_west) == before
+        assert cell_rows(eu_west, PendingClaim) == []
+        assert cell_rows(tree.cells["us-east"], PendingClaim) == []  # taken by the create
 
     run(tmp_path, scenario)
 

@@ -10,6 +10,8 @@ import sqlalchemy as sa
 from cellplane.db import migrate
 from cellplane.db.engine import create_engine
 
+HEAD = "0003"  # the newest revision
+
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
@@ -31,7 +33,7 @@ def test_upgrade_matches_models_and_downgrade_removes_everything(database_url: s
     assert migrate.current(database_url) is None
 
     migrate.upgrade(database_url)
-    assert migrate.current(database_url) == "0002"
+    assert migrate.current(database_url) == HEAD
     assert migrate.check(database_url) == []
     assert {"cells", "instances", "outbox", "link_cursors"} <= _tables(database_url)
 
@@ -40,7 +42,7 @@ def test_upgrade_matches_models_and_downgrade_removes_everything(database_url: s
     assert _tables(database_url) <= {"alembic_version"}
 
     migrate.upgrade(database_url)
-    assert migrate.current(database_url) == "0002"
+    assert migrate.current(database_url) == HEAD
     assert migrate.check(database_url) == []
 
 
@@ -78,7 +80,8 @@ def test_concurrent_upgrades_on_postgresql_all_succeed(postgres_url: str) -> Non
 
 
 def test_a_database_of_the_first_schema_upgrades_with_its_rows(database_url: str) -> None:
-    """0001 -> 0002 (the look-up indexes) and back keep what the tables hold."""
+    """0001 -> the newest (look-up indexes, pending claims) and back keep what the tables
+    hold."""
     migrate.upgrade(database_url, "0001")
     engine = create_engine(database_url)
     try:
@@ -99,7 +102,7 @@ def test_a_database_of_the_first_schema_upgrades_with_its_rows(database_url: str
                 )
             )
         migrate.upgrade(database_url)
-        assert migrate.current(database_url) == "0002"
+        assert migrate.current(database_url) == HEAD
         assert migrate.check(database_url) == []
         migrate.downgrade(database_url, "0001")
         assert migrate.current(database_url) == "0001"
