@@ -773,6 +773,13 @@ class _BrokenCasts:
         self._rpc.cast(topic, *args, **kwargs)
 
 
+def wrap_rpc(cell: Cell, wrapper: Callable[[Any], Any]) -> None:
+    """Let ``cell``'s builds reach its local roles through ``wrapper(rpc client)``."""
+    rpc = cell.builds.rpc
+    assert rpc is not None
+    cell.builds.rpc = lambda: wrapper(rpc())
+
+
 def used(cell: Cell) -> list[tuple[str, int, int, int]]:
     return sorted(
         (n.host, n.vcpus_used, n.memory_mb_used, n.running_vms)
@@ -787,9 +794,7 @@ def test_a_build_whose_cast_fails_fails_in_its_cell_only(tmp_path: Path) -> None
     async def scenario(tree: Tree) -> None:
         eu_west = tree.cells["eu-west"]
         before = used(eu_west)
-        rpc = eu_west.builds.rpc
-        assert rpc is not None
-        eu_west.builds.rpc = lambda: _BrokenCasts(rpc())
+        wrap_rpc(eu_west, _BrokenCasts)
         (instance,) = (await tree.create("uncast")).instances
         failed = await tree.settled(instance.uuid, VM.VM_STATE_ERROR)
         assert failed.cell_path == "api!eu-west"
@@ -827,9 +832,7 @@ def test_a_claim_whose_answer_was_lost_is_given_back(tmp_path: Path) -> None:
     async def scenario(tree: Tree) -> None:
         eu_west = tree.cells["eu-west"]
         before = used(eu_west)
-        rpc = eu_west.builds.rpc
-        assert rpc is not None
-        eu_west.builds.rpc = lambda: _LostSchedulerAnswers(rpc())
+        wrap_rpc(eu_west, _LostSchedulerAnswers)
         (instance,) = (await tree.create("lost-answer")).instances
         built = await tree.settled(instance.uuid, VM.VM_STATE_ACTIVE)
         assert built.cell_path == "api!us-east", built.cell_path
