@@ -284,10 +284,13 @@ class HostScheduler:
         )
         self.log = log or structlog.get_logger()
 
-    def candidates(self, spec: RequestSpec) -> list[HostCandidate]:
-        """The hosts of this cell as they are now."""
-        with self.sessions() as session:
+    def candidates(self, spec: RequestSpec, session: Session | None = None) -> list[HostCandidate]:
+        """The hosts of this cell as they are now (as ``session``'s transaction sees
+        them, its own claims included, if given)."""
+        if session is not None:
             return load_hosts(session, spec, self.config.service_down_time)
+        with self.sessions() as own:
+            return load_hosts(own, spec, self.config.service_down_time)
 
     def place(
         self,
@@ -366,7 +369,7 @@ class HostScheduler:
         for all its instances. What a host no longer has room for (a concurrent build
         took it) is left to :meth:`_place_one`: the hosts claimed, in instance order.
         """
-        known[:] = self.candidates(spec)
+        known[:] = self.candidates(spec, session)
         plan: list[str] = []
         for _ in range(count):
             candidates = with_pending(known, spec, plan)
@@ -406,10 +409,10 @@ class HostScheduler:
         read again when empty or after a lost claim."""
         for _ in range(MAX_CLAIM_ROUNDS):
             if not known:
-                # A fresh read cannot see this request's claims: they commit together
-                # at its end. Add them, as the claims below add each new one.
-                mine = Counter(placed)
-                known[:] = [_claimed(c, spec.flavor, mine[c.host]) for c in self.candidates(spec)]
+                # Read in the request's own transaction: it sees the claims made so far,
+                # and needs no second connection while it holds the write lock (on
+                # SQLite, threads waiting for that lock may hold every other one).
+                known[:] = self.candidates(spec, session)
             candidates = with_pending(known, spec, placed)
             weighed = select_or_raise(candidates, spec, self.filters, self.weighers, log=self.log)
             for choice in weighed:

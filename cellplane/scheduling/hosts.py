@@ -86,6 +86,8 @@ def load_hosts(
         sa.select(ComputeNode, Service)
         .outerjoin(Service, sa.and_(Service.host == ComputeNode.host, Service.role == COMPUTE_ROLE))
         .order_by(ComputeNode.host)
+        # Read again within one transaction (after its own claims): the values now.
+        .execution_options(populate_existing=True)
     ).all()
     hinted = set(spec.hints.same_host) | set(spec.hints.different_host)
     instances: dict[str, set[str]] = {}

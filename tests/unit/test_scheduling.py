@@ -556,8 +556,8 @@ def test_a_planned_claim_lost_to_a_concurrent_build_goes_elsewhere(
     scheduler = HostScheduler(sessions, SchedulerConfig(ram_weight_multiplier=1.0))
     real_candidates = scheduler.candidates
 
-    def read_then_lose_room(request: RequestSpec) -> list[Any]:
-        read = real_candidates(request)
+    def read_then_lose_room(request: RequestSpec, session: Session | None = None) -> list[Any]:
+        read = real_candidates(request, session)
         with sessions.begin() as s:  # another build fills b after the read
             assert claim(s, "b", SMALL, 4)
         return read
@@ -567,6 +567,35 @@ def test_a_planned_claim_lost_to_a_concurrent_build_goes_elsewhere(
     placed = scheduler.place(spec(), 4)  # planned a, b, a, b: b's two go to a
     assert placed == ["a", "a", "a", "a"]
     assert _usage(sessions) == {"a": 2048, "b": 2048}
+
+
+def test_placing_takes_one_connection_even_after_a_lost_claim(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hosts are read again after a lost claim inside the request's transaction,
+    not on a second connection: on SQLite that transaction holds the write lock, and
+    threads waiting for it may hold every other connection of the pool, and the cell
+    would then stand still for the busy timeout and fail writes with "database is
+    locked"."""
+    add_host(sessions, "a", memory_mb=2048)
+    add_host(sessions, "b", memory_mb=2048)
+    engine = sessions.kw["bind"]
+    scheduler = HostScheduler(sessions, SchedulerConfig(ram_weight_multiplier=1.0))
+    real_candidates = scheduler.candidates
+    checkouts: list[int] = []
+    sa.event.listen(engine.pool, "checkout", lambda *_: checkouts.append(1))
+
+    def read_then_lose_room(request: RequestSpec, session: Session | None = None) -> list[Any]:
+        read = real_candidates(request, session)
+        with sessions.begin() as s:  # another build fills b after the read
+            assert claim(s, "b", SMALL, 4)
+        checkouts.clear()  # from here on, only the request's own transaction
+        return read
+
+    monkeypatch.setattr(scheduler, "candidates", read_then_lose_room)
+    monkeypatch.setattr(scheduler, "_place_one", _place_one_reading(scheduler, real_candidates))
+    assert scheduler.place(spec(), 4) == ["a", "a", "a", "a"]  # b's two read again, to a
+    assert len(checkouts) == 0  # the request's connection was checked out before
 
 
 def _place_one_reading(scheduler: HostScheduler, read: Any) -> Any:
