@@ -49,6 +49,10 @@ MERGED_INSTANCES = 256
 # Built once: every create looks its flavor and image up.
 _FLAVOR = select(Flavor).where(Flavor.flavor_id == bindparam("flavor_id"))
 _IMAGE = select(Image).where(Image.uuid == bindparam("uuid"))
+# Seconds a flavor and image found fit for a create serve later creates without being
+# read again. They change rarely (and only at the API cell); creates may come in
+# thousands a second. What was refused is read again every time.
+USABLE_FOR = 2.0
 # Seconds alike builds wait behind a merged build still on its way down before they
 # go down beside it.
 BUILD_STALL = 0.5
@@ -132,6 +136,9 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
         self.cell = cell
         self.auth = auth
         self.view = view
+        # (flavor id, image id) -> (when read, monotonic; the flavor; the image), for
+        # creates (read and written by _create_rows alone, one batch at a time)
+        self._usable: dict[tuple[str, str], tuple[float, Flavor, Image]] = {}
         # Concurrent creates share a transaction, and alike builds one trip down.
         self._creates: Batcher[_Create, tuple[Flavor, Image, list[ViewRow], bool]] = Batcher(
             self._create_many,
@@ -203,7 +210,7 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
             ids = (request.flavor_id, request.image_id)
             if ids not in found:
                 try:
-                    found[ids] = self._flavor_and_image(request)
+                    found[ids] = self._usable_pair(ids, request)
                 except CellplaneError as exc:
                     found[ids] = exc
             known = found[ids]
@@ -235,6 +242,21 @@ class ComputeServicer(compute_pb2_grpc.ComputeServiceServicer):
         for (index, flavor, image, _), (rows, created) in zip(valid, made, strict=True):
             out[index] = (flavor, image, rows, created)
         return out
+
+    def _usable_pair(
+        self, ids: tuple[str, str], request: compute_pb2.CreateInstancesRequest
+    ) -> tuple[Flavor, Image]:
+        """:meth:`_flavor_and_image`, as read in the last USABLE_FOR seconds if it was
+        fit then."""
+        now = time.monotonic()
+        known = self._usable.get(ids)
+        if known is not None and now - known[0] < USABLE_FOR:
+            return known[1], known[2]
+        flavor, image = self._flavor_and_image(request)
+        if len(self._usable) >= 1024:
+            self._usable.clear()
+        self._usable[ids] = (now, flavor, image)
+        return flavor, image
 
     def _flavor_and_image(
         self, request: compute_pb2.CreateInstancesRequest

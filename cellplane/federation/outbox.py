@@ -285,9 +285,12 @@ class OutboxSender:
     def _delete_and_load(
         self, acked: list[int], reads: list[tuple[str, int, int]]
     ) -> list[list[tuple[int, str, bytes]]]:
-        if acked:
-            self._delete(acked)
-        return [self._load(peer, after, limit) for peer, after, limit in reads]
+        # One session: the delete commits, then the reads see the outbox as it is.
+        with self.sessions() as session:
+            if acked:
+                self._delete(session, acked)
+                session.commit()
+            return [self._load(session, peer, after, limit) for peer, after, limit in reads]
 
     def _queue(self, channel: PeerChannel, loaded: list[tuple[int, str, bytes]]) -> int:
         """Put rows read for ``channel`` on its link; how many were read."""
@@ -395,25 +398,23 @@ class OutboxSender:
             self._queued_upto[peer] = min(self._queued_upto.get(peer, 0), min(ids) - 1)
         self._wake.set()
 
-    def _load(self, peer: str, after: int, limit: int) -> list[tuple[int, str, bytes]]:
-        with self.sessions() as session:
-            connection = session.connection()
-            if connection.dialect.name != "sqlite":
-                rows = connection.execute(
-                    _UNSENT, {"peer": peer, "after": after, "limit": limit}
-                ).all()
-                return [(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
-            # Straight from the driver: its rows are already (int, str, bytes) tuples.
-            return driver_rows(connection, _UNSENT_SQLITE, (peer, after, limit))
+    @staticmethod
+    def _load(session: Session, peer: str, after: int, limit: int) -> list[tuple[int, str, bytes]]:
+        connection = session.connection()
+        if connection.dialect.name != "sqlite":
+            rows = connection.execute(_UNSENT, {"peer": peer, "after": after, "limit": limit}).all()
+            return [(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
+        # Straight from the driver: its rows are already (int, str, bytes) tuples.
+        return driver_rows(connection, _UNSENT_SQLITE, (peer, after, limit))
 
-    def _delete(self, ids: list[int]) -> None:
-        with self.sessions.begin() as session:
-            connection = session.connection()
-            if connection.dialect.name == "sqlite":
-                connection.exec_driver_sql(_DELETE_SENT_SQLITE, [(i,) for i in ids])
-                return
-            for start in range(0, len(ids), 500):
-                connection.execute(_DELETE_SENT, {"ids": ids[start : start + 500]})
+    @staticmethod
+    def _delete(session: Session, ids: list[int]) -> None:
+        connection = session.connection()
+        if connection.dialect.name == "sqlite":
+            connection.exec_driver_sql(_DELETE_SENT_SQLITE, [(i,) for i in ids])
+            return
+        for start in range(0, len(ids), 500):
+            connection.execute(_DELETE_SENT, {"ids": ids[start : start + 500]})
 
 
 # The sender's statements, built once: they run many times a second under load.
