@@ -261,7 +261,7 @@ class StateManager:
     def on_capability_report(self, env: link_pb2.Envelope, delivery: Delivery) -> None:
         """Inline handler: a child's capabilities."""
         child = paths.hops(env.routing_path)[-2]
-        report = self._child(child)
+        report = self._child(child, delivery)
         report.capabilities = {c.name: set(c.values) for c in env.capability_report.capabilities}
         caps = {n: sorted(v) for n, v in report.capabilities.items()}
         delivery.db_work.append(lambda s: _store(s, child, capabilities=caps))
@@ -270,7 +270,7 @@ class StateManager:
     def on_capacity_report(self, env: link_pb2.Envelope, delivery: Delivery) -> None:
         """Inline handler: a child's capacity."""
         child = paths.hops(env.routing_path)[-2]
-        report = self._child(child)
+        report = self._child(child, delivery)
         report.capacity = env.capacity_report.capacity
         report.cells = {c.cell: c.capacity for c in env.capacity_report.cells}
         report.capacity_at = report.received_at
@@ -282,13 +282,14 @@ class StateManager:
         delivery.db_work.append(lambda s: _store(s, child, capacities=data))
         self.changed()
 
-    def _child(self, name: str) -> ChildReport:
+    def _child(self, name: str, delivery: Delivery) -> ChildReport:
         report = self.children.setdefault(name, ChildReport())
         report.received_at = time.time()
         if report.mute:
             report.mute = False
             self.log.info("child_unmuted", child=name)
-            self._persist_mute(name, False)
+            # With the link's cursor, off the event loop (as the report itself is stored).
+            delivery.db_work.append(lambda s: _store(s, name, mute=False))
         return report
 
     def is_mute(self, child: str) -> bool:

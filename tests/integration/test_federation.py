@@ -24,9 +24,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cellplane.config import CellConfig, ChildConfig, ParentConfig
+from cellplane.db.models import Cell as CellRow
 from cellplane.db.models import ComputeNode, Flavor
 from cellplane.errors import Code, InvalidArgument
 from cellplane.federation import envelopes, paths
@@ -573,6 +575,11 @@ def _in_transaction(cell: Cell, work: Callable[[Session], None]) -> None:
         work(session)
 
 
+def stored_mute(cell: Cell, child: str) -> bool | None:
+    with cell.sessions() as session:
+        return session.scalar(select(CellRow.mute).where(CellRow.name == child))
+
+
 def test_a_stopped_child_becomes_mute(tmp_path: Path) -> None:
     async def scenario(fed: Federation) -> None:
         parent = await fed.start(fed.config("p", children=["c1", "c2"], mute_interval=1.0))
@@ -594,9 +601,12 @@ def test_a_stopped_child_becomes_mute(tmp_path: Path) -> None:
             listed = await stub.ListCells(cells_pb2.ListCellsRequest(), timeout=5)
         assert {c.name: c.mute for c in listed.cells} == {"c1": True, "c2": False}
 
-        # It comes back and reports: no longer mute.
+        assert stored_mute(parent, "c1") is True
+
+        # It comes back and reports: no longer mute, in memory and in the database.
         await fed.restart("c1")
         await eventually(lambda: not parent.state.is_mute("c1"), "c1 unmuted")
+        await eventually(lambda: stored_mute(parent, "c1") is False, "c1's row unmuted")
 
     run(tmp_path, scenario)
 
