@@ -136,7 +136,7 @@ _PENDING_READ = sa.select(
     _PENDING.c.disk_gb,
 )
 
-_PENDING_ANY = sa.select(_PENDING.c.id).where(_PENDING.c.claim_id == sa.bindparam("claim_id"))
+_PENDING_ANY = sa.select(_PENDING.c.id)
 
 
 def record_pending(
@@ -162,7 +162,11 @@ def record_pending(
     )
 
 
-def _pending(session: Session, where: Any) -> list[Pending]:
+def _pending(session: Session, where: Any, *, look_first: bool = False) -> list[Pending]:
+    """Delete the pending claims ``where`` says and return them. With ``look_first``,
+    write nothing (and take no write lock) when a plain read finds none."""
+    if look_first and session.execute(_PENDING_ANY.where(where).limit(1)).first() is None:
+        return []
     lock_for_write(session)  # SQLite: no other writer between this read and the delete
     rows: list[Pending] = list(
         session.execute(_PENDING_READ.where(where).order_by(_PENDING.c.id).with_for_update())
@@ -187,16 +191,15 @@ def _give_back(session: Session, rows: Iterable[Pending]) -> None:
 def release_pending(session: Session, claim_id: str) -> list[Pending]:
     """Give back the claims made under ``claim_id`` that no instance took; what they were.
     Nothing is written (no write lock taken) when there are none."""
-    if session.execute(_PENDING_ANY, {"claim_id": claim_id}).first() is None:
-        return []
-    rows = _pending(session, _PENDING.c.claim_id == claim_id)
+    rows = _pending(session, _PENDING.c.claim_id == claim_id, look_first=True)
     _give_back(session, rows)
     return rows
 
 
 def sweep_expired(session: Session, now: datetime) -> list[Pending]:
-    """Give back every pending claim that expired by ``now``; what they were."""
-    rows = _pending(session, _PENDING.c.expires_at <= now)
+    """Give back every pending claim that expired by ``now``; what they were (nothing is
+    written when there are none)."""
+    rows = _pending(session, _PENDING.c.expires_at <= now, look_first=True)
     _give_back(session, rows)
     return rows
 

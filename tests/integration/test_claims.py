@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -346,3 +347,29 @@ def test_a_create_racing_the_sweep_either_takes_its_claims_or_is_refused(
     scheduler.sweep()
     assert pending(sessions) == []
     assert sum(running(sessions).values()) == len(taken)
+
+
+def test_a_sweep_that_finds_nothing_expired_writes_nothing(
+    sessions: sessionmaker[Session],
+) -> None:
+    """It runs every few seconds in every cell with a scheduler: with nothing to give
+    back it only reads (no write lock, nothing for other writers to wait for)."""
+    scheduler = HostScheduler(sessions, SchedulerConfig())
+    scheduler.place(
+        RequestSpec(flavor=FLAVOR), 1, claim_id="live", expires_at=utcnow() + timedelta(minutes=5)
+    )
+    engine = sessions.kw["bind"]
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement.lstrip().split()[0].upper())
+
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        assert scheduler.sweep() == []
+        with sessions.begin() as s:
+            assert release_pending(s, "no-such-claim") == []
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)
+    assert statements and set(statements) == {"SELECT"}, statements
+    assert [c.claim_id for c in pending(sessions)] == ["live"]
