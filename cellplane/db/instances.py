@@ -297,6 +297,15 @@ def snapshots(
     return found
 
 
+_PUSHED = select(*_SNAPSHOT_COLUMNS).where(_INSTANCES.c.version > 0).order_by(_INSTANCES.c.id)
+
+
+def pushed(session: Session) -> list[InstanceRow]:
+    """Every instance this cell has pushed up (version > 0, deleted ones too), as Core
+    rows (see InstanceRow), oldest first."""
+    return list(session.execute(_PUSHED))
+
+
 def _expire_loaded(session: Session, uuids: Container[str]) -> None:
     """Let ORM instances of ``uuids`` loaded in ``session`` read their new values."""
     for obj in list(session.identity_map.values()):

@@ -13,22 +13,25 @@ import contextlib
 import hashlib
 import random
 from collections.abc import Iterable
+from typing import Any
 
 import structlog
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from cellplane.db.models import Instance
+from cellplane.db.instances import pushed
+from cellplane.db.models import Instance, utcnow
 from cellplane.errors import Code, InvalidArgument, from_status
 from cellplane.federation import envelopes, paths
 from cellplane.federation.channel import LinkState
 from cellplane.federation.dispatch import Delivery
-from cellplane.federation.outbox import Outbox
+from cellplane.federation.outbox import Outbox, encode_push
 from cellplane.federation.router import Router
 from cellplane.v1 import link_pb2
 
 DEFAULT_BUCKETS = 64
 MAX_BUCKETS = 4096
+RESEND_ROWS = 2000  # instances whose outbox rows one transaction of a resend writes
 
 
 def bucket_of(uuid: str, count: int) -> int:
@@ -176,17 +179,30 @@ class Synchronizer:
         return digests(((str(u), int(v)) for u, v in rows), count)
 
     def _resend(self, parent: str, count: int, wanted: set[int] | None) -> int:
-        resent = 0
-        with self.sessions.begin() as session:
-            for row in session.scalars(select(Instance).where(Instance.version > 0)):
-                if wanted is not None and bucket_of(row.uuid, count) not in wanted:
-                    continue
-                kind = "destroy" if row.deleted else "update"
-                self.outbox.push(session, row, "update", None, peers=[parent])
-                if kind == "destroy":
-                    self.outbox.push(session, row, "destroy", None, peers=[parent])
-                resent += 1
-        return resent
+        """Queue every instance of the ``wanted`` buckets (all, if None) for ``parent``
+        again: its update, then its destroy if deleted.
+
+        The instances are read first, without the write lock, and their outbox rows
+        written RESEND_ROWS per transaction, so that resending a large cell holds up its
+        other writers only briefly. An instance that changes meanwhile is pushed again
+        by that change, and the parent keeps the newer version.
+        """
+        with self.sessions() as session:
+            rows = [
+                row
+                for row in pushed(session)
+                if wanted is None or bucket_of(row.uuid, count) in wanted
+            ]
+        now = utcnow()
+        for start in range(0, len(rows), RESEND_ROWS):
+            out: list[tuple[Any, ...]] = []
+            for row in rows[start : start + RESEND_ROWS]:
+                for kind in ("update", "destroy") if row.deleted else ("update",):
+                    payload_field, payload = encode_push(row, kind, None)
+                    out.append((parent, payload_field, row.uuid, row.version, payload, now))
+            with self.sessions.begin() as session:
+                self.outbox.write(session, out)
+        return len(rows)
 
 
 def _raise_for(result: link_pb2.CellResult) -> None:

@@ -51,8 +51,9 @@ _PAYLOAD_OF_KIND = {
 }
 
 
-def encode_push(instance: Instance, kind: str, fault: InstanceFault | None) -> tuple[str, bytes]:
-    """The payload field and bytes of a push about ``instance``."""
+def encode_push(instance: Any, kind: str, fault: InstanceFault | None) -> tuple[str, bytes]:
+    """The payload field and bytes of a push about ``instance`` (an ORM row, or a Core
+    row that :func:`codec.instance_to_proto` takes)."""
     message: Any
     if kind == "destroy":
         message = link_pb2.InstanceDestroyed(
