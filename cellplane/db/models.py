@@ -280,9 +280,11 @@ class PendingClaim(Base):
     """
 
     __tablename__ = "pending_claims"
+    # One row per host of a claim: a request delivered twice cannot claim twice.
+    __table_args__ = (sa.UniqueConstraint("claim_id", "host"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    claim_id: Mapped[str] = mapped_column(sa.String(64), index=True)
+    claim_id: Mapped[str] = mapped_column(sa.String(64))
     host: Mapped[str]
     count: Mapped[int]
     vcpus: Mapped[int]  # each instance's; the claim took ``count`` times these

@@ -97,8 +97,17 @@ def _claim_statement() -> sa.Update:
 _CLAIM = _claim_statement()  # built once: it runs for every instance placed
 
 
-def release(session: Session, host: str, flavor: FlavorSpec, count: int = 1) -> None:
-    """Give back what ``count`` claims of ``flavor`` took on ``host`` (never below zero)."""
+def release(
+    session: Session,
+    host: str,
+    flavor: FlavorSpec,
+    count: int = 1,
+    *,
+    running_vms: int | None = None,
+) -> None:
+    """Give back what ``count`` claims of ``flavor`` took on ``host`` (never below zero);
+    ``running_vms``: instances to count off, if not ``count`` (``flavor`` then holds the
+    resources of them all)."""
     node = ComputeNode
     session.connection().execute(
         sa.update(node)
@@ -107,7 +116,7 @@ def release(session: Session, host: str, flavor: FlavorSpec, count: int = 1) -> 
             vcpus_used=_minus(node.vcpus_used, flavor.vcpus * count),
             memory_mb_used=_minus(node.memory_mb_used, flavor.memory_mb * count),
             local_gb_used=_minus(node.local_gb_used, flavor.disk_gb * count),
-            running_vms=_minus(node.running_vms, count),
+            running_vms=_minus(node.running_vms, count if running_vms is None else running_vms),
         )
     )
 
@@ -137,6 +146,7 @@ _PENDING_READ = sa.select(
 )
 
 _PENDING_ANY = sa.select(_PENDING.c.id)
+_DELETE_CHUNK = 500  # ids per DELETE: statements of bounded size however many expired
 
 
 def record_pending(
@@ -162,6 +172,12 @@ def record_pending(
     )
 
 
+def claimed_hosts(session: Session, claim_id: str) -> list[str]:
+    """The hosts still pending under ``claim_id``, one entry per instance."""
+    rows = session.execute(_PENDING_READ.where(_PENDING.c.claim_id == claim_id)).all()
+    return [row.host for row in sorted(rows, key=lambda r: r.id) for _ in range(row.instances)]
+
+
 def _pending(session: Session, where: Any, *, look_first: bool = False) -> list[Pending]:
     """Delete the pending claims ``where`` says and return them. With ``look_first``,
     write nothing (and take no write lock) when a plain read finds none."""
@@ -171,8 +187,11 @@ def _pending(session: Session, where: Any, *, look_first: bool = False) -> list[
     rows: list[Pending] = list(
         session.execute(_PENDING_READ.where(where).order_by(_PENDING.c.id).with_for_update())
     )
-    if rows:
-        session.execute(_PENDING.delete().where(_PENDING.c.id.in_([r.id for r in rows])))
+    ids = [r.id for r in rows]
+    for start in range(0, len(ids), _DELETE_CHUNK):
+        session.execute(
+            _PENDING.delete().where(_PENDING.c.id.in_(ids[start : start + _DELETE_CHUNK]))
+        )
     return rows
 
 
@@ -183,9 +202,20 @@ def take_pending(session: Session, claim_id: str) -> int:
 
 
 def _give_back(session: Session, rows: Iterable[Pending]) -> None:
+    # One UPDATE per host, in host order: fewer chances of a deadlock with a request
+    # claiming the same hosts on PostgreSQL (it would start again; this would wait for
+    # the next sweep).
+    taken: dict[str, list[int]] = {}
     for row in rows:
-        size = FlavorSpec("", vcpus=row.vcpus, memory_mb=row.memory_mb, root_gb=row.disk_gb)
-        release(session, row.host, size, row.instances)
+        used = taken.setdefault(row.host, [0, 0, 0, 0])
+        used[0] += row.vcpus * row.instances
+        used[1] += row.memory_mb * row.instances
+        used[2] += row.disk_gb * row.instances
+        used[3] += row.instances
+    for host in sorted(taken):
+        vcpus, memory_mb, disk_gb, instances = taken[host]
+        size = FlavorSpec("", vcpus=vcpus, memory_mb=memory_mb, root_gb=disk_gb)
+        release(session, host, size, running_vms=instances)
 
 
 def release_pending(session: Session, claim_id: str) -> list[Pending]:
@@ -321,6 +351,13 @@ class HostScheduler:
                 # All claims of a request commit together: if one instance fits
                 # nowhere, the rollback gives back what the others took.
                 with self.sessions.begin() as session:
+                    if claim_id:
+                        # The same request again (a message delivered twice): what the
+                        # first one claimed, not a second claim.
+                        lock_for_write(session)
+                        earlier = claimed_hosts(session, claim_id)
+                        if earlier:
+                            return earlier
                     if count > 1:
                         placed = self._place_planned(session, spec, count, known)
                     for index in range(len(placed), count):
@@ -433,6 +470,7 @@ class HostScheduler:
 
 
 SWEEP_INTERVAL = 10.0  # seconds between looks for expired pending claims
+STOP_WAIT = 10.0  # seconds a stopping sweeper waits for a sweep under way
 
 
 class ClaimSweeper:
@@ -447,13 +485,17 @@ class ClaimSweeper:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="claim-sweeper", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = STOP_WAIT) -> None:
+        """Stop looking; wait up to ``timeout`` seconds for a sweep under way (a daemon
+        thread: one held up by a lock does not keep the process from ending)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout)
+            self._thread = None
 
     def _run(self) -> None:
         while True:

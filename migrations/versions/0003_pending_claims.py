@@ -37,12 +37,11 @@ def upgrade() -> None:
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_pending_claims")),
+        sa.UniqueConstraint("claim_id", "host", name=op.f("uq_pending_claims_claim_id_host")),
     )
-    op.create_index("ix_pending_claims_claim_id", "pending_claims", ["claim_id"])
     op.create_index("ix_pending_claims_expires_at", "pending_claims", ["expires_at"])
 
 
 def downgrade() -> None:
     op.drop_index("ix_pending_claims_expires_at", table_name="pending_claims")
-    op.drop_index("ix_pending_claims_claim_id", table_name="pending_claims")
     op.drop_table("pending_claims")

@@ -41,6 +41,7 @@ from cellplane.scheduling.spec import FlavorSpec, RequestSpec
 THREADS = 8
 ATTEMPTS = 20
 FLAVOR = FlavorSpec("small", vcpus=1, memory_mb=512, root_gb=1)
+SIZE_ZERO = FlavorSpec("zero", vcpus=0, memory_mb=0, root_gb=0)  # fits any number of times
 # 2048 MB x 1.5 = 3072 MB: six of FLAVOR; 1024 MB x 1.5: three.
 HOSTS = {"big": 2048, "small": 1024}
 FITS = {"big": 6, "small": 3}
@@ -303,15 +304,17 @@ def test_the_sweeper_gives_back_expired_claims_by_itself(sessions: sessionmaker[
     scheduler = HostScheduler(sessions, SchedulerConfig())
     scheduler.place(RequestSpec(flavor=FLAVOR), 2, claim_id="x", expires_at=utcnow())
     sweeper = ClaimSweeper(scheduler, interval=0.05)
-    sweeper.start()
-    try:
-        deadline = time.monotonic() + 10
-        while pending(sessions) and time.monotonic() < deadline:
-            time.sleep(0.02)
-    finally:
-        sweeper.stop()
-    assert pending(sessions) == []
-    assert sum(running(sessions).values()) == 0
+    for _ in range(2):  # and again after a stop
+        sweeper.start()
+        try:
+            deadline = time.monotonic() + 10
+            while pending(sessions) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            sweeper.stop()
+        assert pending(sessions) == []
+        assert sum(running(sessions).values()) == 0
+        scheduler.place(RequestSpec(flavor=FLAVOR), 1, claim_id="y", expires_at=utcnow())
 
 
 def test_a_create_racing_the_sweep_either_takes_its_claims_or_is_refused(
@@ -373,3 +376,41 @@ def test_a_sweep_that_finds_nothing_expired_writes_nothing(
         sa.event.remove(engine, "before_cursor_execute", seen)
     assert statements and set(statements) == {"SELECT"}, statements
     assert [c.claim_id for c in pending(sessions)] == ["live"]
+
+
+def test_a_request_delivered_twice_claims_once(sessions: sessionmaker[Session]) -> None:
+    """The broker may hand a request out again (its first delivery unacknowledged when
+    a channel went): the second answers with what the first claimed."""
+    scheduler = HostScheduler(sessions, SchedulerConfig())
+    later = utcnow() + timedelta(minutes=5)
+    first = scheduler.place(RequestSpec(flavor=FLAVOR), 4, claim_id="twice", expires_at=later)
+    again = scheduler.place(RequestSpec(flavor=FLAVOR), 4, claim_id="twice", expires_at=later)
+    assert sorted(again) == sorted(first)
+    assert sum(running(sessions).values()) == 4
+    with sessions.begin() as s:
+        assert take_pending(s, "twice") == 4
+    assert sum(running(sessions).values()) == 4
+
+
+def test_expired_claims_of_many_requests_go_back_in_one_sweep(
+    sessions: sessionmaker[Session],
+) -> None:
+    """Thousands of expired claims (deleted 500 at a time) go back in one sweep, summed
+    per host."""
+    scheduler = HostScheduler(sessions, SchedulerConfig())
+    many, now = 5_000, utcnow()
+    with sessions.begin() as s:
+        for host in ("big", "small"):
+            assert claim(s, host, SIZE_ZERO, many // 2)
+        s.execute(
+            sa.insert(PendingClaim),
+            [
+                {"claim_id": f"c{i}", "host": "big" if i % 2 else "small", "count": 1,
+                 "vcpus": 0, "memory_mb": 0, "disk_gb": 0, "expires_at": now, "created_at": now}
+                for i in range(many)
+            ],
+        )  # fmt: skip
+    assert running(sessions) == {"big": many // 2, "small": many // 2}
+    assert sum(c.instances for c in scheduler.sweep()) == many
+    assert running(sessions) == {"big": 0, "small": 0}
+    assert pending(sessions) == []
