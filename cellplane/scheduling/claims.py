@@ -97,26 +97,25 @@ def _claim_statement() -> sa.Update:
 _CLAIM = _claim_statement()  # built once: it runs for every instance placed
 
 
-def release(
-    session: Session,
-    host: str,
-    flavor: FlavorSpec,
-    count: int = 1,
-    *,
-    running_vms: int | None = None,
+def release(session: Session, host: str, flavor: FlavorSpec, count: int = 1) -> None:
+    """Give back what ``count`` claims of ``flavor`` took on ``host`` (never below zero)."""
+    _release_usage(
+        session, host, flavor.vcpus * count, flavor.memory_mb * count, flavor.disk_gb * count, count
+    )
+
+
+def _release_usage(
+    session: Session, host: str, vcpus: int, memory_mb: int, disk_gb: int, instances: int
 ) -> None:
-    """Give back what ``count`` claims of ``flavor`` took on ``host`` (never below zero);
-    ``running_vms``: instances to count off, if not ``count`` (``flavor`` then holds the
-    resources of them all)."""
     node = ComputeNode
     session.connection().execute(
         sa.update(node)
         .where(node.host == host)
         .values(
-            vcpus_used=_minus(node.vcpus_used, flavor.vcpus * count),
-            memory_mb_used=_minus(node.memory_mb_used, flavor.memory_mb * count),
-            local_gb_used=_minus(node.local_gb_used, flavor.disk_gb * count),
-            running_vms=_minus(node.running_vms, count if running_vms is None else running_vms),
+            vcpus_used=_minus(node.vcpus_used, vcpus),
+            memory_mb_used=_minus(node.memory_mb_used, memory_mb),
+            local_gb_used=_minus(node.local_gb_used, disk_gb),
+            running_vms=_minus(node.running_vms, instances),
         )
     )
 
@@ -174,8 +173,10 @@ def record_pending(
 
 def claimed_hosts(session: Session, claim_id: str) -> list[str]:
     """The hosts still pending under ``claim_id``, one entry per instance."""
-    rows = session.execute(_PENDING_READ.where(_PENDING.c.claim_id == claim_id)).all()
-    return [row.host for row in sorted(rows, key=lambda r: r.id) for _ in range(row.instances)]
+    rows = session.execute(
+        _PENDING_READ.where(_PENDING.c.claim_id == claim_id).order_by(_PENDING.c.id)
+    )
+    return [row.host for row in rows for _ in range(row.instances)]
 
 
 def _pending(session: Session, where: Any, *, look_first: bool = False) -> list[Pending]:
@@ -213,9 +214,7 @@ def _give_back(session: Session, rows: Iterable[Pending]) -> None:
         used[2] += row.disk_gb * row.instances
         used[3] += row.instances
     for host in sorted(taken):
-        vcpus, memory_mb, disk_gb, instances = taken[host]
-        size = FlavorSpec("", vcpus=vcpus, memory_mb=memory_mb, root_gb=disk_gb)
-        release(session, host, size, running_vms=instances)
+        _release_usage(session, host, *taken[host])
 
 
 def release_pending(session: Session, claim_id: str) -> list[Pending]:
