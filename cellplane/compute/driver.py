@@ -122,6 +122,11 @@ class FakeDriver:
         with self._lock:
             return sorted(self._guests)
 
+    def instance_exists(self, uuid: str) -> bool:
+        """Whether guest ``uuid`` is on this host (a look-up, not a listing)."""
+        with self._lock:
+            return uuid in self._guests
+
     def get_available_resource(self) -> dict[str, Any]:
         """The host's size and what its guests use, as the resource tracker reports it."""
         with self._lock:

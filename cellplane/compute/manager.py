@@ -271,7 +271,7 @@ class ComputeManager:
                 uuid, addresses=addresses, task_state=states.SPAWNING, host=host, node=host,
                 availability_zone=zone,
             )  # fmt: skip
-            if uuid not in self._driver.list_instances():  # else spawned before a redelivery
+            if not self._driver.instance_exists(uuid):  # else spawned before a redelivery
                 self._driver.spawn(uuid, flavor, image_id, image_properties)
             with self._sessions.begin() as session:
                 built = self._changes.update(
@@ -398,10 +398,10 @@ class ComputeManager:
             failed[uuid] = InstanceNotFound(f"instance {uuid} was deleted while building")
         going = [i for i in going if i.uuid not in gone]
         spawned = []
-        running = set(self._driver.list_instances())
         for instance in going:
             try:
-                if instance.uuid not in running:  # else spawned before a redelivery
+                # A guest already there was spawned before a redelivery.
+                if not self._driver.instance_exists(instance.uuid):
                     self._driver.spawn(
                         instance.uuid, flavors[instance.uuid], instance.image_id, properties
                     )

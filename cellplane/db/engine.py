@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -114,6 +115,26 @@ def lock_for_write(session: Session) -> None:
         return
     if not connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
         connection.exec_driver_sql("UPDATE link_cursors SET peer = peer WHERE 0")
+
+
+def take_turns(session: Session, what: str) -> None:
+    """Make transactions that call this with the same ``what`` run one after another
+    from here to their end, in every process using the database.
+
+    For work that reads what the last one wrote and appends after it (the next
+    free address of a pool): done side by side, all but one would collide on a
+    unique key and start again. PostgreSQL takes a transaction-scoped advisory
+    lock named by ``what``; SQLite has one writer, taken here (lock_for_write).
+    """
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        key = zlib.crc32(f"cellplane:{what}".encode())
+        connection.execute(_ADVISORY_LOCK, {"key": key})
+    else:
+        lock_for_write(session)
+
+
+_ADVISORY_LOCK = sa.text("SELECT pg_advisory_xact_lock(:key)")
 
 
 def driver_rows(connection: sa.Connection, sql: str, params: Sequence[Any]) -> list[Any]:

@@ -7,7 +7,11 @@ address after the pool's newest row; only when that runs off the end of the
 pool does it read the pool's whole allocated set to find a gap. The
 ``UNIQUE(pool, address)`` constraint is what makes two concurrent
 allocations never hand out the same address: a loser's INSERT fails inside
-a savepoint and it moves on to the next address.
+a savepoint and it moves on to the next address. Allocations take turns
+(``take_turns``: SQLite's one writer, a PostgreSQL advisory lock), so that
+race is the exception: without turns, concurrent batches on PostgreSQL all
+read the same newest address, and all but one fell back to an address at a
+time, each INSERT waiting for the winner's commit before failing.
 
 In every pool the network address, the gateway (the first host address) and,
 for IPv4, the broadcast address are never handed out.
@@ -23,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from cellplane.db.engine import lock_for_write
+from cellplane.db.engine import take_turns
 from cellplane.db.models import IpAllocation, utcnow
 from cellplane.errors import PoolExhausted
 
@@ -32,6 +36,8 @@ Address = dict[str, Any]
 
 # Released rows another allocation may race us for before we stop trying them.
 _MAX_REUSE_ATTEMPTS = 64
+# Allocations of a cell's database take turns under this name (db.engine.take_turns).
+_TURN = "ipam"
 
 
 def usable_range(cidr: str) -> tuple[int, int]:
@@ -52,6 +58,7 @@ def allocate(
     Idempotent: an instance that already holds addresses gets them back. The
     caller commits. Raises PoolExhausted naming every pool when all are full.
     """
+    take_turns(session, _TURN)
     held = addresses_of(session, instance_uuid)
     if held:
         return held
@@ -79,7 +86,7 @@ def allocate_many(
     Returns the addresses of each instance that got (or already held) one, and
     the instances no pool had room for. The caller commits.
     """
-    lock_for_write(session)  # SQLite: allocations of other processes wait, not collide
+    take_turns(session, _TURN)
     out = _held(session, instance_uuids)
     need = [u for u in dict.fromkeys(instance_uuids) if u not in out]
     for name, cidr in pools:

@@ -28,6 +28,7 @@ def test_spawn_and_destroy_account_for_guests(driver: FakeDriver) -> None:
     driver.spawn("a", SMALL, "img")
     driver.spawn("b", LARGE, "img")
     assert driver.list_instances() == ["a", "b"]
+    assert driver.instance_exists("a") and not driver.instance_exists("c")
     assert _used(driver) == (5, 4608, 60, 2)
     assert driver.get_available_resource()["vcpus"] == 8
     assert driver.destroy("a") is True
