@@ -13,15 +13,20 @@ already in the form the driver stores:
 - everything else as it is.
 
 On SQLite the rows go to the driver's ``executemany`` (one prepared statement).
-On PostgreSQL up to PG_ROWS rows go in one statement with one VALUES list, so
-the server plans one statement instead of one per row.
+On PostgreSQL an INSERT is a ``COPY ... FROM STDIN`` in text form (measured on
+outbox rows: half the CPU of a many-row INSERT in this process, and about half
+in the server, which then parses no literals); an UPDATE sends up to PG_ROWS rows
+in one statement with one VALUES list, so the server plans one statement
+instead of one per row.
 
-They fire the engine's cursor events, so SQLite's writer gate (see
-:mod:`cellplane.db.engine`) holds for them as for any other write.
+On SQLite they fire the engine's cursor events, so the writer gate (see
+:mod:`cellplane.db.engine`) holds for them as for any other write; a COPY goes
+to the driver's cursor directly.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -105,7 +110,10 @@ def _execute(session: Session, shape: _Shape, rows: list[Any]) -> None:
             for i in stamps:
                 if row[i] is not None and row[i].tzinfo is None:
                     raise ValueError("naive datetime; cellplane stores UTC-aware timestamps only")
-        _execute_values(connection, shape, rows)
+        if shape.verb == "insert":
+            _copy(connection, shape, rows)
+        else:
+            _execute_values(connection, shape, rows)
         return
     if stamps and connection.dialect.name == "sqlite":
         rows = [_sqlite_stamps(row, stamps) for row in rows]
@@ -122,6 +130,45 @@ def _execute_values(connection: Connection, shape: _Shape, rows: list[Any]) -> N
         connection.exec_driver_sql(sql, tuple(v for row in chunk for v in row))
 
 
+def _copy(connection: Connection, shape: _Shape, rows: list[Any]) -> None:
+    sql = _COPY_SQL.get(shape)
+    if sql is None:
+        _check(shape)
+        quote = connection.dialect.identifier_preparer.quote
+        names = ", ".join(quote(c) for c in shape.columns)
+        sql = _COPY_SQL[shape] = f"COPY {quote(shape.table.name)} ({names}) FROM STDIN"
+    text = "".join(["\t".join([_copy_text(v) for v in row]) + "\n" for row in rows])
+    cursor = connection.connection.cursor()
+    try:
+        cursor.copy_expert(sql, io.StringIO(text))
+    finally:
+        cursor.close()
+
+
+def _copy_text(value: Any) -> str:
+    """``value`` as a field of COPY's text format."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, str):
+        return value.translate(_COPY_ESCAPES)
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, int):
+        return str(int(value))  # an IntEnum's number, not its name
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "\\\\x" + bytes(value).hex()  # bytea's hex form, its backslash escaped
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"no COPY text form for {type(value).__name__}")
+
+
+# COPY's text format: a backslash starts an escape; tab, newline and carriage return
+# end a field or a row.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
 def _sqlite_stamps(row: Any, where: list[int]) -> tuple[Any, ...]:
     values = list(row)
     for i in where:
@@ -134,6 +181,7 @@ def _sqlite_stamps(row: Any, where: list[int]) -> tuple[Any, ...]:
 _TIMESTAMPS: dict[str, frozenset[str]] = {}  # table -> its timestamp columns
 _SQL: dict[tuple[str, _Shape], str] = {}
 _VALUES_SQL: dict[_Shape, tuple[str, str]] = {}
+_COPY_SQL: dict[_Shape, str] = {}
 
 
 def _timestamps(table: Table) -> frozenset[str]:

@@ -90,6 +90,33 @@ def test_rows_read_back_as_the_orm_writes_them(sessions: sessionmaker[Session]) 
         )
 
 
+def test_text_and_bytes_of_every_kind_read_back_as_written(
+    sessions: sessionmaker[Session],
+) -> None:
+    # On PostgreSQL inserts go as COPY text: its escapes (backslash, tab, newline,
+    # carriage return) and its NULL marker must come back as the values they stand for.
+    awkward = ["a\tb", "line\nnext\r", "back\\slash", "\\N", "\\x00", "é ü 中 🙂", "", "'\";"]
+    every_byte = bytes(range(256))
+    other_zone = WHEN.astimezone(timezone(timedelta(hours=9, minutes=30)))
+    with sessions.begin() as session:
+        bulk.insert_many(
+            session,
+            OUTBOX,
+            ("peer", "kind", "instance_uuid", "version", "payload", "created_at"),
+            [
+                (text, "k", None if i % 2 else text, i, every_byte[i:] + b"\\\t\n", other_zone)
+                for i, text in enumerate(awkward)
+            ],
+        )
+    with sessions() as session:
+        rows = session.scalars(select(OutboxEntry).order_by(OutboxEntry.id)).all()
+    assert [(r.peer, r.instance_uuid, r.version) for r in rows] == [
+        (text, None if i % 2 else text, i) for i, text in enumerate(awkward)
+    ]
+    assert [r.payload for r in rows] == [every_byte[i:] + b"\\\t\n" for i in range(len(awkward))]
+    assert {r.created_at for r in rows} == {WHEN}
+
+
 def test_update_by_key_with_increment_and_guard(sessions: sessionmaker[Session]) -> None:
     count = bulk.PG_ROWS + 3
     with sessions.begin() as session:
