@@ -137,7 +137,10 @@ def _copy(connection: Connection, shape: _Shape, rows: list[Any]) -> None:
         quote = connection.dialect.identifier_preparer.quote
         names = ", ".join(quote(c) for c in shape.columns)
         sql = _COPY_SQL[shape] = f"COPY {quote(shape.table.name)} ({names}) FROM STDIN"
-    text = "".join(["\t".join([_copy_text(v) for v in row]) + "\n" for row in rows])
+    form = _COPY_FORMS.get
+    text = "".join(
+        ["\t".join([(form(v.__class__) or _copy_form(v))(v) for v in row]) + "\n" for row in rows]
+    )
     cursor = connection.connection.cursor()
     try:
         cursor.copy_expert(sql, io.StringIO(text))
@@ -145,28 +148,36 @@ def _copy(connection: Connection, shape: _Shape, rows: list[Any]) -> None:
         cursor.close()
 
 
-def _copy_text(value: Any) -> str:
-    """``value`` as a field of COPY's text format."""
-    if value is None:
-        return "\\N"
-    if isinstance(value, str):
+def _copy_form(value: Any) -> Any:
+    """How a value of a subclass (an IntEnum, say) becomes a field of COPY's text form."""
+    kind = next((k for k in _COPY_FORMS if isinstance(value, k)), None)
+    if kind is None:
+        raise TypeError(f"no COPY text form for {type(value).__name__}")
+    return _COPY_FORMS[kind]
+
+
+def _copy_str(value: str) -> str:
+    # COPY's text format: a backslash starts an escape; tab, newline and carriage
+    # return end a field or a row.
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
         return value.translate(_COPY_ESCAPES)
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    if isinstance(value, int):
-        return str(int(value))  # an IntEnum's number, not its name
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, bytes | bytearray | memoryview):
-        return "\\\\x" + bytes(value).hex()  # bytea's hex form, its backslash escaped
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"no COPY text form for {type(value).__name__}")
+    return value
 
 
-# COPY's text format: a backslash starts an escape; tab, newline and carriage return
-# end a field or a row.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+# A value's field in COPY's text form, by the value's exact class (a bool is not
+# taken for an int).
+_COPY_FORMS: dict[type, Any] = {
+    str: _copy_str,
+    type(None): lambda _: "\\N",
+    bool: lambda value: "t" if value else "f",
+    int: lambda value: str(int(value)),  # an IntEnum's number, not its name
+    float: repr,
+    bytes: lambda value: "\\\\x" + value.hex(),  # bytea's hex form, its backslash escaped
+    bytearray: lambda value: "\\\\x" + value.hex(),
+    memoryview: lambda value: "\\\\x" + value.hex(),
+    datetime: datetime.isoformat,
+}
 
 
 def _sqlite_stamps(row: Any, where: list[int]) -> tuple[Any, ...]:

@@ -16,6 +16,7 @@ from cellplane import db
 from cellplane.db import bulk
 from cellplane.db.instances import InstanceChanges
 from cellplane.db.models import Instance, OutboxEntry
+from cellplane.errors import Code
 
 INSTANCES = cast(Table, Instance.__table__)
 OUTBOX = cast(Table, OutboxEntry.__table__)
@@ -115,6 +116,18 @@ def test_text_and_bytes_of_every_kind_read_back_as_written(
     ]
     assert [r.payload for r in rows] == [every_byte[i:] + b"\\\t\n" for i in range(len(awkward))]
     assert {r.created_at for r in rows} == {WHEN}
+
+
+def test_an_int_enum_is_written_as_its_number(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        bulk.insert_many(
+            session,
+            OUTBOX,
+            ("peer", "kind", "version", "payload", "created_at"),
+            [("top", "k", Code.ABORTED, b"", WHEN)],
+        )
+    with sessions() as session:
+        assert session.scalar(select(OutboxEntry.version)) == int(Code.ABORTED)
 
 
 def test_update_by_key_with_increment_and_guard(sessions: sessionmaker[Session]) -> None:
