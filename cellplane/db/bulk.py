@@ -34,6 +34,7 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, Dialect, Table
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from cellplane.db.models import UTCDateTime
@@ -144,6 +145,9 @@ def _copy(connection: Connection, shape: _Shape, rows: list[Any]) -> None:
     cursor = connection.connection.cursor()
     try:
         cursor.copy_expert(sql, io.StringIO(text))
+    except connection.dialect.loaded_dbapi.Error as exc:
+        # As SQLAlchemy raises it for any other statement (IntegrityError, say).
+        raise DBAPIError.instance(sql, None, exc, connection.dialect.loaded_dbapi.Error) from exc
     finally:
         cursor.close()
 

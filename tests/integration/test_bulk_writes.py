@@ -10,6 +10,7 @@ from typing import Any, cast
 
 import pytest
 from sqlalchemy import Table, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cellplane import db
@@ -116,6 +117,15 @@ def test_text_and_bytes_of_every_kind_read_back_as_written(
     ]
     assert [r.payload for r in rows] == [every_byte[i:] + b"\\\t\n" for i in range(len(awkward))]
     assert {r.created_at for r in rows} == {WHEN}
+
+
+def test_a_duplicate_key_is_an_integrity_error(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        bulk.insert_many(session, INSTANCES, INSTANCE_COLUMNS, [_instance_row(1)])
+    with pytest.raises(IntegrityError), sessions.begin() as session:
+        bulk.insert_many(session, INSTANCES, INSTANCE_COLUMNS, [_instance_row(2), _instance_row(1)])
+    with sessions() as session:
+        assert session.scalars(select(Instance.name)).all() == ["vm-1"]
 
 
 def test_an_int_enum_is_written_as_its_number(sessions: sessionmaker[Session]) -> None:
