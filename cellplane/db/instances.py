@@ -65,6 +65,10 @@ _SNAPSHOT_IN = select(*_SNAPSHOT_COLUMNS).where(
     _INSTANCES.c.uuid.in_(bindparam("uuids", expanding=True))
 )
 _SNAPSHOT_LIVE_IN = _SNAPSHOT_IN.where(_INSTANCES.c.deleted.is_(False))
+# One instance (the read-back of a single update): an IN list of one costs SQLAlchemy
+# its expansion on every call, about a third of the read.
+_SNAPSHOT_ONE = select(*_SNAPSHOT_COLUMNS).where(_INSTANCES.c.uuid == bindparam("uuid"))
+_SNAPSHOT_LIVE_ONE = _SNAPSHOT_ONE.where(_INSTANCES.c.deleted.is_(False))
 # What the ORM's column defaults would give a new instance (see create_many), apart
 # from the version and timestamps; absent nullable columns are NULL.
 _CREATE_DEFAULTS: dict[str, Any] = {
@@ -289,10 +293,18 @@ def snapshots(
 ) -> dict[str, InstanceRow]:
     """The live instances of ``uuids`` (and the deleted ones too, with ``deleted``) by
     uuid, as the database has them now (Core rows, see InstanceRow)."""
+    # On the session's connection: the ORM's execute would only flush first (done here)
+    # and cost a fifth more.
+    session.flush()
+    connection = session.connection()
+    if len(uuids) == 1:
+        one = _SNAPSHOT_ONE if deleted else _SNAPSHOT_LIVE_ONE
+        row = connection.execute(one, {"uuid": uuids[0]}).first()
+        return {} if row is None else {row.uuid: row}
     query = _SNAPSHOT_IN if deleted else _SNAPSHOT_LIVE_IN
     found: dict[str, InstanceRow] = {}
     for start in range(0, len(uuids), _IN_CHUNK):
-        for row in session.execute(query, {"uuids": list(uuids[start : start + _IN_CHUNK])}):
+        for row in connection.execute(query, {"uuids": list(uuids[start : start + _IN_CHUNK])}):
             found[row.uuid] = row
     return found
 
