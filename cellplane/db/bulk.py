@@ -13,11 +13,11 @@ already in the form the driver stores:
 - everything else as it is.
 
 On SQLite the rows go to the driver's ``executemany`` (one prepared statement).
-On PostgreSQL an INSERT is a ``COPY ... FROM STDIN`` in text form (measured on
-outbox rows: half the CPU of a many-row INSERT in this process, and about half
-in the server, which then parses no literals); an UPDATE sends up to PG_ROWS rows
-in one statement with one VALUES list, so the server plans one statement
-instead of one per row.
+On PostgreSQL (psycopg2) an INSERT is a ``COPY ... FROM STDIN`` in text form
+(measured on outbox rows: half the CPU of a many-row INSERT in this process, and
+about half in the server, which then parses no literals); an UPDATE, or an INSERT
+through another driver, sends up to PG_ROWS rows in one statement with one VALUES
+list, so the server plans one statement instead of one per row.
 
 On SQLite they fire the engine's cursor events, so the writer gate (see
 :mod:`cellplane.db.engine`) holds for them as for any other write; a COPY goes
@@ -111,7 +111,7 @@ def _execute(session: Session, shape: _Shape, rows: list[Any]) -> None:
             for i in stamps:
                 if row[i] is not None and row[i].tzinfo is None:
                     raise ValueError("naive datetime; cellplane stores UTC-aware timestamps only")
-        if shape.verb == "insert":
+        if shape.verb == "insert" and connection.dialect.driver == "psycopg2":
             _copy(connection, shape, rows)
         else:
             _execute_values(connection, shape, rows)

@@ -125,6 +125,7 @@ def take_turns(session: Session, what: str) -> None:
     free address of a pool): done side by side, all but one would collide on a
     unique key and start again. PostgreSQL takes a transaction-scoped advisory
     lock named by ``what``; SQLite has one writer, taken here (lock_for_write).
+    Other databases take nothing: their unique keys still keep the work correct.
     """
     connection = session.connection()
     if connection.dialect.name == "postgresql":
