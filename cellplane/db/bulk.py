@@ -26,6 +26,7 @@ to the driver's cursor directly.
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -142,14 +143,21 @@ def _copy(connection: Connection, shape: _Shape, rows: list[Any]) -> None:
     text = "".join(
         ["\t".join([(form(v.__class__) or _copy_form(v))(v) for v in row]) + "\n" for row in rows]
     )
+    dbapi = connection.dialect.loaded_dbapi
+    raw = connection.connection.dbapi_connection
     cursor = connection.connection.cursor()
     try:
         cursor.copy_expert(sql, io.StringIO(text))
-    except connection.dialect.loaded_dbapi.Error as exc:
-        # As SQLAlchemy raises it for any other statement (IntegrityError, say).
-        raise DBAPIError.instance(sql, None, exc, connection.dialect.loaded_dbapi.Error) from exc
+    except dbapi.Error as exc:
+        # As SQLAlchemy does for any other statement: its exception (IntegrityError,
+        # say), and a connection that was lost is not given out again.
+        lost = connection.dialect.is_disconnect(exc, raw, cursor)
+        if lost:
+            connection.invalidate(exc)
+        raise DBAPIError.instance(sql, None, exc, dbapi.Error, connection_invalidated=lost) from exc
     finally:
-        cursor.close()
+        with contextlib.suppress(dbapi.Error):
+            cursor.close()
 
 
 def _copy_form(value: Any) -> Any:

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import pytest
 from sqlalchemy import Table, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cellplane import db
@@ -126,6 +126,28 @@ def test_a_duplicate_key_is_an_integrity_error(sessions: sessionmaker[Session]) 
         bulk.insert_many(session, INSTANCES, INSTANCE_COLUMNS, [_instance_row(2), _instance_row(1)])
     with sessions() as session:
         assert session.scalars(select(Instance.name)).all() == ["vm-1"]
+
+
+def test_a_connection_lost_during_an_insert_is_not_used_again(
+    sessions: sessionmaker[Session], cell_database_url: str
+) -> None:
+    if not cell_database_url.startswith("postgresql"):
+        pytest.skip("a server connection to lose")
+    engine = sessions.kw["bind"]
+    row = ("top", "k", None, None, b"", WHEN)
+    columns = ("peer", "kind", "instance_uuid", "version", "payload", "created_at")
+    with pytest.raises(DBAPIError) as lost, sessions.begin() as session:
+        pid = session.connection().exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        with engine.connect() as other:
+            other.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
+        bulk.insert_many(session, OUTBOX, columns, [row])
+    # The COPY's own error, not one of a rollback on the dead connection after it.
+    assert lost.value.statement is not None and lost.value.statement.startswith("COPY")
+    assert lost.value.connection_invalidated
+    with sessions.begin() as session:  # a new connection takes over
+        bulk.insert_many(session, OUTBOX, columns, [row])
+    with sessions() as session:
+        assert len(session.scalars(select(OutboxEntry.id)).all()) == 1
 
 
 def test_an_int_enum_is_written_as_its_number(sessions: sessionmaker[Session]) -> None:
