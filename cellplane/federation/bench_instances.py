@@ -172,7 +172,7 @@ async def _bench(
         api = local.cells["api"]
         await wait_links_up(api.neighbours.children())
         row: Row = {"measure": what, "backend": backend, "layout": layout}
-        meter = _CpuMeter(where, local)
+        meter = _CpuMeter(where, local, servers=backend == "rabbitmq-postgres")
         if what == "builds":
             row.update(await _builds(api, meter, n, batch, conc))
         else:
@@ -186,30 +186,69 @@ async def _bench(
 
 
 class _CpuMeter:
-    """CPU time of every process of the tree over the measured part of a run."""
+    """CPU time of every process of the tree over the measured part of a run, and with
+    ``servers`` that of the local database and broker servers' processes too."""
 
-    def __init__(self, where: dict[str, Any], local: Any) -> None:
+    def __init__(self, where: dict[str, Any], local: Any, servers: bool = False) -> None:
         self.processes: dict[str, Any] = {}  # label -> CellsHere or HostProcess
         for name, host in where.items():
             label = "api+bench" if host is local else name
             if host is local and label in self.processes:
                 continue
             self.processes[label] = host
+        self.servers = servers
         self._start: dict[str, float] = {}
+        self._servers_start: dict[str, dict[int, float]] = {}
 
     async def start(self) -> None:
         self._start = {label: await p.cpu() for label, p in self.processes.items()}
+        if self.servers:
+            self._servers_start = {label: commands_cpu(c) for label, c in SERVERS.items()}
 
     async def per_op(self, ops: int) -> Row:
-        """Total CPU µs per operation, and each process's share."""
+        """Total CPU µs per operation, and each process's share (and the servers')."""
         used = {label: await p.cpu() - self._start[label] for label, p in self.processes.items()}
         ops = max(ops, 1)
-        return {
+        row: Row = {
             "cpu_us": round(sum(used.values()) * 1e6 / ops),
             "cpu_us_by_process": ", ".join(
                 f"{label} {round(seconds * 1e6 / ops)}" for label, seconds in used.items()
             ),
         }
+        if self.servers:
+            # A server process that ended meanwhile is missed; one that started counts
+            # from zero (PostgreSQL starts one per connection, kept by the pools).
+            servers = {}
+            for label, commands in SERVERS.items():
+                before, now = self._servers_start[label], commands_cpu(commands)
+                servers[label] = sum(t - before.get(pid, 0.0) for pid, t in now.items())
+            row["server_cpu_us"] = ", ".join(
+                f"{label} {round(seconds * 1e6 / ops)}" for label, seconds in servers.items()
+            )
+        return row
+
+
+# The local servers of the rabbitmq-postgres backend, by the command names of their
+# processes (RabbitMQ runs in Erlang's VM).
+SERVERS = {"postgresql": ("postgres",), "rabbitmq": ("beam.smp",)}
+
+
+def commands_cpu(commands: tuple[str, ...]) -> dict[int, float]:
+    """CPU seconds (user and system) of each process of this machine running one of
+    ``commands``, by pid; empty where /proc cannot tell."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[int, float] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        if comm in commands:
+            fields = stat[stat.rindex(")") + 2 :].split()
+            found[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    return found
 
 
 # --- watching the top ------------------------------------------------------------------
