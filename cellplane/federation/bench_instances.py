@@ -218,13 +218,13 @@ class _CpuMeter:
         if self.servers:
             # A server process that ended meanwhile is missed; one that started counts
             # from zero (PostgreSQL starts one per connection, kept by the pools).
-            servers = {}
+            figures = []
             for label, commands in SERVERS.items():
                 before, now = self._servers_start[label], commands_cpu(commands)
-                servers[label] = sum(t - before.get(pid, 0.0) for pid, t in now.items())
-            row["server_cpu_us"] = ", ".join(
-                f"{label} {round(seconds * 1e6 / ops)}" for label, seconds in servers.items()
-            )
+                seconds = sum(t - before.get(pid, 0.0) for pid, t in now.items())
+                # No such process here (elsewhere, or no /proc): no figure, not a zero.
+                figures.append(f"{label} {round(seconds * 1e6 / ops) if now else '-'}")
+            row["server_cpu_us"] = ", ".join(figures)
         return row
 
 

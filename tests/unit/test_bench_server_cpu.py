@@ -54,6 +54,17 @@ def test_the_meter_reports_the_servers_cpu_per_operation(
     assert int(per_op) >= (BUSY - 0.02) * 1e6 / 1000  # µs of the servers per operation
 
 
+def test_a_server_with_no_process_here_has_no_figure(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench_instances, "SERVERS", {"elsewhere": ("no-such-command",)})
+
+    async def measure() -> dict[str, object]:
+        meter = _CpuMeter({}, None, servers=True)
+        await meter.start()
+        return await meter.per_op(1)
+
+    assert asyncio.run(measure())["server_cpu_us"] == "elsewhere -"
+
+
 def test_without_servers_there_is_no_server_figure() -> None:
     async def measure() -> dict[str, object]:
         meter = _CpuMeter({}, None)
