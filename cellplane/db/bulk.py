@@ -176,6 +176,10 @@ def _copy_str(value: str) -> str:
     return value
 
 
+def _copy_bytea(value: bytes | bytearray | memoryview) -> str:
+    return "\\\\x" + value.hex()  # bytea's hex form, its backslash escaped
+
+
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 # A value's field in COPY's text form, by the value's exact class (a bool is not
 # taken for an int).
@@ -185,9 +189,9 @@ _COPY_FORMS: dict[type, Any] = {
     bool: lambda value: "t" if value else "f",
     int: lambda value: str(int(value)),  # an IntEnum's number, not its name
     float: repr,
-    bytes: lambda value: "\\\\x" + value.hex(),  # bytea's hex form, its backslash escaped
-    bytearray: lambda value: "\\\\x" + value.hex(),
-    memoryview: lambda value: "\\\\x" + value.hex(),
+    bytes: _copy_bytea,
+    bytearray: _copy_bytea,
+    memoryview: _copy_bytea,
     datetime: datetime.isoformat,
 }
 

@@ -97,11 +97,9 @@ def _claim_statement() -> sa.Update:
 _CLAIM = _claim_statement()  # built once: it runs for every instance placed
 
 
-def release(session: Session, host: str, flavor: FlavorSpec, count: int = 1) -> None:
-    """Give back what ``count`` claims of ``flavor`` took on ``host`` (never below zero)."""
-    _release_usage(
-        session, host, flavor.vcpus * count, flavor.memory_mb * count, flavor.disk_gb * count, count
-    )
+def release(session: Session, host: str, flavor: FlavorSpec) -> None:
+    """Give back what a claim of ``flavor`` took on ``host`` (never below zero)."""
+    _release_usage(session, host, flavor.vcpus, flavor.memory_mb, flavor.disk_gb, 1)
 
 
 def _release_usage(
